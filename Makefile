@@ -1,0 +1,36 @@
+# Two commands set everything up on a new machine:
+#   make run    installs into .venv (once), then runs the default experiment
+#   make test   installs into .venv (once), then runs the tests
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fsjax run experiments/cifar10_demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks need the PyTorch baseline (CPU build), kept out of `make test`.
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.round --quick
+	$(BIN)/python -m bench.allocation --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

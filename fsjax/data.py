@@ -1,0 +1,310 @@
+"""Data sets: CIFAR-10 from the tfds cache or a local archive, and generated data.
+
+Every loader returns a :class:`Dataset` of uint8 images and int32 labels held in
+host memory (numpy); the simulation moves what it needs onto the device.
+
+Sources for CIFAR-10, in the order ``source="auto"`` tries them:
+
+1. ``tfds``: ``tfds.builder("cifar10")`` when it is already prepared in the
+   tfds data dir (``TFDS_DATA_DIR``). Nothing is downloaded unless
+   ``download=True`` is passed.
+2. ``FSJAX_CIFAR10_ZIP``: a zip (or extracted folder) laid out as
+   ``cifar10/{train,test}/<class-name>/<n>.jpg``, like the shipped
+   ``../shared/data/cifar10-jpeg.zip``.
+
+A folder or zip is decoded once and cached as ``.npz`` in ``cache_dir``
+(default ``$FSJAX_CACHE`` or ``~/.cache/fsjax``); a cache that fails to load or
+has the wrong shapes is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+CIFAR10_SHAPE = (32, 32, 3)
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """An image classification data set in host memory.
+
+    Attributes:
+      x_train: uint8[N, H, W, C] training images.
+      y_train: int32[N] training labels in ``[0, num_classes)``.
+      x_test: uint8[M, H, W, C] test images.
+      y_test: int32[M] test labels.
+      class_names: one name per class.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def default_cache_dir() -> Path:
+    """``$FSJAX_CACHE`` if set, else ``~/.cache/fsjax``."""
+    return Path(os.environ.get("FSJAX_CACHE") or Path.home() / ".cache" / "fsjax")
+
+
+def load_cifar10(source: str | os.PathLike = "auto", cache_dir: str | os.PathLike | None = None,
+                 *, download: bool = False, progress: bool = True) -> Dataset:
+    """Loads CIFAR-10 as uint8 arrays.
+
+    Args:
+      source: ``"auto"`` (tfds cache, then ``$FSJAX_CIFAR10_ZIP``), ``"tfds"``,
+        or a path to a zip or folder laid out as
+        ``cifar10/{train,test}/<class>/<n>.jpg``.
+      cache_dir: where the decoded ``.npz`` cache lives (default
+        :func:`default_cache_dir`).
+      download: let tfds download and prepare CIFAR-10 (``source="tfds"`` only).
+      progress: show a progress bar while decoding.
+
+    Returns:
+      A :class:`Dataset` with 50,000 train and 10,000 test images.
+
+    Raises:
+      ValueError: unknown source, missing file, wrong layout, or no source
+        found by ``"auto"``.
+
+    Example:
+      >>> ds = load_cifar10("../shared/data/cifar10-jpeg.zip")  # doctest: +SKIP
+      >>> ds.x_train.shape
+      (50000, 32, 32, 3)
+    """
+    if isinstance(source, str) and source == "tfds":
+        return _load_tfds(download=download)
+    if isinstance(source, str) and source == "auto":
+        if _tfds_prepared():
+            return _load_tfds(download=False)
+        env = os.environ.get("FSJAX_CIFAR10_ZIP")
+        if env:
+            return _load_archive(Path(env), cache_dir, progress)
+        raise ValueError(
+            "load_cifar10(source='auto'): no CIFAR-10 found. Either prepare it with "
+            "tensorflow-datasets (tfds.builder('cifar10').download_and_prepare(), or "
+            "load_cifar10('tfds', download=True)), or set FSJAX_CIFAR10_ZIP to a zip/folder "
+            "laid out as cifar10/{train,test}/<class>/<n>.jpg (the project ships one at "
+            "../shared/data/cifar10-jpeg.zip), or pass that path as source.")
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(
+            f"load_cifar10(source={str(source)!r}): no such file or folder; expected "
+            "'auto', 'tfds', or the path of a CIFAR-10 zip/folder")
+    return _load_archive(path, cache_dir, progress)
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _tfds_prepared() -> bool:
+    try:
+        import tensorflow_datasets as tfds
+        return bool(tfds.builder("cifar10").is_prepared())
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def _load_tfds(download: bool) -> Dataset:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar10")
+    if not builder.is_prepared():
+        if not download:
+            raise ValueError(
+                f"load_cifar10(source='tfds'): cifar10 is not prepared in the tfds data dir "
+                f"{builder.data_dir!r}; pass download=True to let tfds fetch it, or use the zip")
+        builder.download_and_prepare()
+    splits = {}
+    for split in ("train", "test"):
+        try:  # tf-free reading works for the array_record file format
+            source = builder.as_data_source(split=split)
+            items = [source[i] for i in range(len(source))]
+            x = np.stack([it["image"] for it in items])
+            y = np.array([it["label"] for it in items])
+        except Exception:  # noqa: BLE001 - tfrecord needs tensorflow
+            try:
+                data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+            except ImportError as err:
+                raise ValueError(
+                    "load_cifar10(source='tfds'): the prepared cifar10 is in tfrecord format, "
+                    "which needs tensorflow to read; install tensorflow or use the zip") from err
+            x, y = data["image"], data["label"]
+        splits[split] = (x.astype(np.uint8), y.astype(np.int32))
+    names = tuple(builder.info.features["label"].names)
+    return _checked(Dataset(*splits["train"], *splits["test"], class_names=names), "tfds")
+
+
+# -------------------------------------------------------------------------- archive
+
+
+def _cache_path(path: Path, cache_dir) -> Path:
+    st = path.stat()
+    key = f"v{_CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / f"cifar10-{digest}.npz"
+
+
+def _load_archive(path: Path, cache_dir, progress: bool) -> Dataset:
+    cache = _cache_path(path, cache_dir)
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                ds = Dataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
+                             tuple(str(c) for c in z["class_names"]))
+            return _checked(ds, str(cache))
+        except Exception as err:  # noqa: BLE001 - a corrupt cache is rebuilt
+            log.warning("CIFAR-10 cache %s is unreadable (%s); rebuilding it", cache, err)
+    ds = _decode_archive(path, progress)
+    _write_npz_atomic(cache, ds)
+    return ds
+
+
+def _list_archive(path: Path) -> tuple[list[str], callable]:
+    """Returns the member names (posix, relative) and a reader for one member."""
+    if path.is_dir():
+        root = path
+        names = [p.relative_to(root).as_posix() for p in root.rglob("*.jpg")]
+        return names, lambda name: (root / name).read_bytes()
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"load_cifar10(source={str(path)!r}): not a zip file or folder")
+    zf = zipfile.ZipFile(path)
+    names = [n for n in zf.namelist() if n.endswith(".jpg")]
+    return names, zf.read
+
+
+def _decode_archive(path: Path, progress: bool) -> Dataset:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    names, read = _list_archive(path)
+    by_split: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    for name in names:
+        parts = name.split("/")
+        # Accept both cifar10/<split>/<class>/<n>.jpg and <split>/<class>/<n>.jpg
+        # (an extracted folder pointed at its inner cifar10/ directory).
+        if len(parts) >= 3 and parts[-3] in by_split:
+            by_split[parts[-3]].append((parts[-2], name))
+    classes = sorted({c for items in by_split.values() for c, _ in items})
+    if not by_split["train"] or not by_split["test"] or len(classes) < 2:
+        raise ValueError(
+            f"load_cifar10(source={str(path)!r}): wrong layout; expected "
+            "cifar10/{train,test}/<class-name>/<n>.jpg with at least two classes, found "
+            f"{len(by_split['train'])} train and {len(by_split['test'])} test images")
+    if set(classes) == set(CIFAR10_CLASSES):
+        classes = list(CIFAR10_CLASSES)
+    index = {c: i for i, c in enumerate(classes)}
+
+    arrays = []
+    total = len(by_split["train"]) + len(by_split["test"])
+    with tqdm(total=total, desc="decoding CIFAR-10", unit="img", disable=not progress) as bar:
+        for split in ("train", "test"):
+            items = sorted(by_split[split], key=lambda item: (index[item[0]], item[1]))
+            x = np.empty((len(items), *CIFAR10_SHAPE), np.uint8)
+            for i, (_, name) in enumerate(items):
+                with Image.open(io.BytesIO(read(name))) as img:
+                    arr = np.asarray(img.convert("RGB"))
+                if arr.shape != CIFAR10_SHAPE:
+                    raise ValueError(
+                        f"load_cifar10(source={str(path)!r}): image {name} has shape "
+                        f"{arr.shape}, expected {CIFAR10_SHAPE}")
+                x[i] = arr
+                bar.update()
+            y = np.array([index[c] for c, _ in items], np.int32)
+            arrays += [x, y]
+    return Dataset(*arrays, class_names=tuple(classes))
+
+
+def _write_npz_atomic(cache: Path, ds: Dataset) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+                     y_test=ds.y_test, class_names=np.array(ds.class_names))
+        os.replace(tmp, cache)
+    except OSError as err:  # a read-only cache dir costs speed, not correctness
+        log.warning("could not write the CIFAR-10 cache %s: %s", cache, err)
+
+
+def _checked(ds: Dataset, where: str) -> Dataset:
+    ok = (ds.x_train.ndim == 4 and ds.x_train.dtype == np.uint8
+          and ds.x_train.shape[0] == ds.y_train.shape[0]
+          and ds.x_test.shape[0] == ds.y_test.shape[0]
+          and ds.x_train.shape[1:] == ds.x_test.shape[1:]
+          and ds.y_train.min(initial=0) >= 0 and ds.y_train.max(initial=0) < len(ds.class_names))
+    if not ok:
+        raise ValueError(f"CIFAR-10 from {where} has inconsistent arrays")
+    return dataclasses.replace(ds, y_train=ds.y_train.astype(np.int32),
+                               y_test=ds.y_test.astype(np.int32))
+
+
+# ------------------------------------------------------------------------ synthetic
+
+
+def synthetic(num_classes: int = 10, n_train: int = 2000, n_test: int = 500,
+              image_shape: tuple[int, ...] = (32, 32, 3), seed: int = 0,
+              noise: float = 48.0) -> Dataset:
+    """Learnable generated images: each class has its own mean image plus noise.
+
+    The class means are random patterns in ``[48, 208]``; every example is
+    its class mean plus Gaussian pixel noise (std ``noise``), clipped to uint8.
+    Labels are balanced; a linear model separates the classes well above chance.
+
+    Args:
+      num_classes: number of classes (>= 2).
+      n_train: number of training examples.
+      n_test: number of test examples.
+      image_shape: shape of one image, e.g. ``(32, 32, 3)`` or ``(8, 8, 1)``.
+      seed: seed of the generator.
+      noise: pixel noise standard deviation.
+
+    Returns:
+      A :class:`Dataset` with class names ``"class0"``, ``"class1"``, ...
+
+    Example:
+      >>> ds = synthetic(10, 200, 50, (8, 8, 3), seed=0)
+      >>> ds.x_train.shape, ds.y_train[:4]
+      ((200, 8, 8, 3), array([0, 1, 2, 3], dtype=int32))
+    """
+    if num_classes < 2:
+        raise ValueError(f"synthetic(num_classes={num_classes}): expected at least 2 classes")
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"synthetic(n_train={n_train}, n_test={n_test}): expected positive sizes")
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(48, 208, size=(num_classes, *image_shape))
+
+    def draw(n):
+        y = (np.arange(n) % num_classes).astype(np.int32)
+        x = means[y] + rng.normal(0.0, noise, size=(n, *image_shape))
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    return Dataset(x_train, y_train, x_test, y_test,
+                   class_names=tuple(f"class{i}" for i in range(num_classes)))

@@ -1,0 +1,226 @@
+"""Split a data set's training examples between clients.
+
+Each partitioner returns :class:`ClientShards`, one int array of training
+indices per client; :func:`to_padded` turns shards into the padded, fixed-shape
+layout the engine trains on (client axis first):
+
+    x: [C, N_max, H, W, ch]   y: [C, N_max]   n: [C]   (+ each client's test split)
+
+Example:
+  >>> from fsjax import data, partition
+  >>> ds = data.synthetic(10, 1000, 100, (8, 8, 3))
+  >>> shards = partition.label_subsets(ds.y_train, 20, labels_per_client=2, seed=0)
+  >>> partition.label_histogram(shards, ds.y_train, 10).shape
+  (20, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientShards:
+    """Training indices of each client.
+
+    Attributes:
+      indices: one int64 array of training-set indices per client; a training
+        index belongs to at most one client.
+    """
+
+    indices: list[np.ndarray]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.indices)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """int64[C]: examples per client."""
+        return np.array([len(i) for i in self.indices], np.int64)
+
+
+class ClientData(NamedTuple):
+    """Padded per-client arrays, the engine's layout. Rows past ``n[c]`` are padding.
+
+    idx/idx_test map rows back to training-set indices (-1 on padding) so a
+    partition can be checked end to end.
+    """
+
+    x: np.ndarray         # u8[C, N_max, H, W, ch]  client training examples
+    y: np.ndarray         # i32[C, N_max]
+    n: np.ndarray         # i32[C]                  valid training rows
+    x_test: np.ndarray    # u8[C, M_max, H, W, ch]  client test split
+    y_test: np.ndarray    # i32[C, M_max]
+    n_test: np.ndarray    # i32[C]                  valid test rows
+    idx: np.ndarray       # i64[C, N_max]           training-set index of each row, -1 = pad
+    idx_test: np.ndarray  # i64[C, M_max]
+
+
+def _check_clients(labels: np.ndarray, num_clients: int) -> None:
+    if int(num_clients) < 1:
+        raise ValueError(f"num_clients={num_clients}: expected at least 1")
+    if num_clients > len(labels):
+        raise ValueError(
+            f"num_clients={num_clients}: more clients than examples ({len(labels)}); "
+            "expected num_clients <= number of training examples")
+
+
+def iid(labels: np.ndarray, num_clients: int, seed: int = 0) -> ClientShards:
+    """Shuffles the examples and deals them into ``num_clients`` near-equal shards.
+
+    Every index goes to exactly one client.
+    """
+    labels = np.asarray(labels)
+    _check_clients(labels, num_clients)
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    return ClientShards([np.sort(s) for s in np.array_split(perm, num_clients)])
+
+
+def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int = 0,
+              min_size: int = 10, max_tries: int = 100) -> ClientShards:
+    """Label-skewed split: client shares of each class ~ Dirichlet(alpha).
+
+    For each class, its examples are split between clients in proportions drawn
+    from ``Dirichlet(alpha * 1_C)`` (Hsu et al. 2019). Smaller ``alpha`` gives
+    more heterogeneous clients. Draws are repeated until every client holds at
+    least ``min_size`` examples. Every index goes to exactly one client.
+
+    Args:
+      labels: int[N] training labels.
+      num_clients: number of clients C.
+      alpha: concentration, > 0.
+      seed: seed of the generator.
+      min_size: smallest acceptable shard.
+      max_tries: redraws before giving up.
+    """
+    labels = np.asarray(labels)
+    _check_clients(labels, num_clients)
+    if not np.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha={alpha}: expected a positive Dirichlet concentration")
+    if min_size * num_clients > len(labels):
+        raise ValueError(
+            f"min_size={min_size}: {num_clients} clients x {min_size} exceeds the "
+            f"{len(labels)} examples; lower min_size or num_clients")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            props = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(np.int64)
+            for client, piece in enumerate(np.split(idx, cuts)):
+                parts[client].append(piece)
+        shards = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(s) for s in shards) >= min_size:
+            return ClientShards(shards)
+    raise ValueError(
+        f"dirichlet(alpha={alpha}, num_clients={num_clients}): no draw in {max_tries} tries "
+        f"gave every client at least min_size={min_size} examples; raise alpha or lower min_size")
+
+
+def label_subsets(labels: np.ndarray, num_clients: int, labels_per_client: int,
+                  seed: int = 0) -> ClientShards:
+    """The CPP study's split: each client holds examples of exactly ``k`` labels.
+
+    Clients pick their k labels in turn, each taking the k labels held by the
+    fewest clients so far (ties broken at random), so label sets vary between
+    clients while every label is held by ``floor`` or ``ceil`` of ``C * k / L``
+    clients. Each label's examples are then shuffled and split evenly among the
+    clients holding it. Every index goes to at most one client (all of them
+    when every label is used).
+
+    Args:
+      labels: int[N] training labels.
+      num_clients: number of clients C.
+      labels_per_client: k, in ``[1, number of labels]``.
+      seed: seed of the generator.
+    """
+    labels = np.asarray(labels)
+    _check_clients(labels, num_clients)
+    classes = np.unique(labels)
+    k = int(labels_per_client)
+    if not 1 <= k <= len(classes):
+        raise ValueError(
+            f"labels_per_client={labels_per_client}: expected an integer in [1, {len(classes)}] "
+            "(the number of labels)")
+    rng = np.random.default_rng(seed)
+    holders: dict[int, list[int]] = {int(c): [] for c in classes}
+    held = np.zeros(len(classes))
+    for client in range(num_clients):
+        # Least-held first; the random fraction only breaks ties.
+        pick = np.argsort(held + rng.random(len(classes)), kind="stable")[:k]
+        held[pick] += 1
+        for j in pick:
+            holders[int(classes[j])].append(client)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c, clients in holders.items():
+        if not clients:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) < len(clients):
+            raise ValueError(
+                f"label_subsets: label {c} has {len(idx)} examples for {len(clients)} clients; "
+                "lower num_clients or labels_per_client")
+        for client, piece in zip(clients, np.array_split(idx, len(clients))):
+            parts[client].append(piece)
+    return ClientShards([np.sort(np.concatenate(p)) for p in parts])
+
+
+REGISTRY = {"iid": iid, "dirichlet": dirichlet, "label_subsets": label_subsets}
+
+
+def label_histogram(shards: ClientShards, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64[C, num_classes]: examples of each label held by each client."""
+    labels = np.asarray(labels)
+    return np.stack([np.bincount(labels[i], minlength=num_classes) for i in shards.indices])
+
+
+def to_padded(dataset, shards: ClientShards, split_test: float = 0.2, seed: int = 0) -> ClientData:
+    """Pads shards into fixed-shape client arrays and holds out a test split.
+
+    Each client keeps ``round(split_test * n_c)`` of its own shuffled examples
+    as its test split (at least one when ``split_test > 0`` and it has two or
+    more), so per-client accuracy is measured on the client's own distribution.
+
+    Args:
+      dataset: a :class:`fsjax.data.Dataset` (uses ``x_train``/``y_train``).
+      shards: client shards over the training set.
+      split_test: fraction of each client's examples held out, in ``[0, 1)``.
+      seed: seed of the hold-out shuffle.
+
+    Returns:
+      :class:`ClientData`; padding rows are zeros with label 0 and index -1.
+    """
+    if not 0.0 <= split_test < 1.0:
+        raise ValueError(f"split_test={split_test}: expected a fraction in [0, 1)")
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for idx in shards.indices:
+        idx = rng.permutation(idx)
+        m = int(round(split_test * len(idx)))
+        if split_test > 0 and len(idx) >= 2:
+            m = min(max(m, 1), len(idx) - 1)
+        test_idx.append(np.sort(idx[:m]))
+        train_idx.append(np.sort(idx[m:]))
+    x, y, n, idx = _pad(dataset.x_train, dataset.y_train, train_idx)
+    x_t, y_t, n_t, idx_t = _pad(dataset.x_train, dataset.y_train, test_idx)
+    return ClientData(x, y, n, x_t, y_t, n_t, idx, idx_t)
+
+
+def _pad(x_all, y_all, index_lists):
+    c = len(index_lists)
+    width = max(1, max(len(i) for i in index_lists))
+    idx = np.full((c, width), -1, np.int64)
+    for i, rows in enumerate(index_lists):
+        idx[i, :len(rows)] = rows
+    safe = np.where(idx >= 0, idx, 0)
+    x = x_all[safe]
+    x[idx < 0] = 0
+    y = np.where(idx >= 0, y_all[safe], 0).astype(np.int32)
+    n = np.array([len(i) for i in index_lists], np.int32)
+    return x, y, n, idx

@@ -1,0 +1,1 @@
+"""Thin Flask layer that runs fsjax experiments over real HTTP."""
