@@ -122,10 +122,18 @@ def load_cifar10(source: str | os.PathLike = "auto", cache_dir: str | os.PathLik
 # ----------------------------------------------------------------------------- tfds
 
 
+def _tfds_data_dir() -> Path:
+    return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+
+
 def _tfds_prepared() -> bool:
+    # Looking first avoids importing tfds (slow, and it logs warnings) when
+    # there is nothing prepared.
+    if not (_tfds_data_dir() / "cifar10").is_dir():
+        return False
     try:
         import tensorflow_datasets as tfds
-        return bool(tfds.builder("cifar10").is_prepared())
+        return bool(tfds.builder("cifar10", data_dir=str(_tfds_data_dir())).is_prepared())
     except Exception:  # noqa: BLE001 - any failure means "not usable here"
         return False
 
@@ -133,7 +141,7 @@ def _tfds_prepared() -> bool:
 def _load_tfds(download: bool) -> Dataset:
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder("cifar10")
+    builder = tfds.builder("cifar10", data_dir=str(_tfds_data_dir()))
     if not builder.is_prepared():
         if not download:
             raise ValueError(
@@ -222,7 +230,8 @@ def _decode_archive(path: Path, progress: bool) -> Dataset:
 
     arrays = []
     total = len(by_split["train"]) + len(by_split["test"])
-    with tqdm(total=total, desc="decoding CIFAR-10", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc="decoding CIFAR-10", unit="img", disable=not progress,
+              mininterval=1.0) as bar:
         for split in ("train", "test"):
             items = sorted(by_split[split], key=lambda item: (index[item[0]], item[1]))
             x = np.empty((len(items), *CIFAR10_SHAPE), np.uint8)

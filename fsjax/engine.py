@@ -1,0 +1,150 @@
+"""Runs one client's local training over a leading client axis.
+
+``local_train`` (from :mod:`fsjax.local`) is written for one client; this
+module maps it over the K selected client slots in one of four modes:
+
+- ``"vmap"``: ``jax.vmap`` over all K slots: one batched program. Wins on
+  GPU, where many small kernels fuse into large ones.
+- ``"chunked"``: ``lax.map`` over chunks of ``chunk_size`` slots, ``vmap``
+  inside a chunk; bounds memory to one chunk. ``chunk_size=1`` is a compiled
+  loop over clients, the fastest mode on XLA:CPU (see :func:`resolve_mode`).
+- ``"loop"``: a plain Python loop over a jitted one-client function; the
+  reference the other modes are tested against. Needs concrete inputs (it
+  cannot run inside ``jax.jit``).
+- ``"auto"``: ``chunked`` with ``chunk_size=1`` on CPU, ``vmap`` elsewhere.
+
+With ``mesh`` (a :class:`jax.sharding.Mesh` with a ``"clients"`` axis) the
+slots are split over the mesh's devices with ``jax.shard_map`` and each device
+runs the chosen mode on its share; K must be a multiple of the device count
+(:func:`pad_slots` rounds it up). For several hosts, call
+``jax.distributed.initialize()`` in every process before building the mesh
+from ``jax.devices()``; the same code then spans all hosts' devices.
+
+Example:
+  >>> res = train_clients(local_train, params, shards, steps, keys, mode="vmap")  # doctest: +SKIP
+  >>> res.delta  # params pytree with a leading K axis  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from fsjax.local import LocalResult, Shard
+
+MODES = ("vmap", "chunked", "loop", "auto")
+CLIENT_AXIS = "clients"
+
+
+def resolve_mode(mode: str, chunk_size: int | None = None,
+                 backend: str | None = None) -> tuple[str, int | None]:
+    """Resolves ``"auto"`` and the default chunk size.
+
+    The rule comes from measurement (PERF-NOTES.md, bench/README.md): on
+    XLA:CPU batching clients with ``vmap`` was slower than running them one
+    after another inside one compiled ``lax.map`` (the CPU is already busy
+    with one client's matrix products, and batched weights add copies), so
+    ``auto`` is ``chunked`` with ``chunk_size=1`` there. On GPU/TPU ``vmap``
+    fills the device, so ``auto`` is ``vmap``.
+
+    Returns:
+      ``(mode, chunk_size)`` with mode one of vmap/chunked/loop.
+    """
+    if mode not in MODES:
+        raise ValueError(f"engine mode={mode!r}: expected one of {MODES}")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"engine chunk_size={chunk_size}: expected a positive integer")
+    backend = backend or jax.default_backend()
+    if mode == "auto":
+        return ("chunked", chunk_size or 1) if backend == "cpu" else ("vmap", None)
+    if mode == "chunked":
+        return mode, chunk_size or 1
+    return mode, None
+
+
+def client_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: all) with the ``"clients"`` axis."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices.reshape(-1), (CLIENT_AXIS,))
+
+
+def pad_slots(num_slots: int, mesh: Mesh | None) -> int:
+    """Rounds K up to a multiple of the mesh's device count."""
+    if mesh is None:
+        return num_slots
+    d = mesh.shape[CLIENT_AXIS]
+    return -(-num_slots // d) * d
+
+
+def _map_clients(local_train: Callable, mode: str, chunk_size: int | None) -> Callable:
+    """In-jit mapping of ``local_train`` over the leading axis of (shards, steps, keys)."""
+    if mode == "vmap":
+        return jax.vmap(local_train, in_axes=(None, 0, 0, 0))
+
+    def chunked(params, shards, steps, keys):
+        def one(args):
+            return local_train(params, *args)
+        batch = None if chunk_size in (None, 1) else chunk_size
+        return jax.lax.map(one, (shards, steps, keys), batch_size=batch)
+
+    return chunked
+
+
+_JITTED: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _jit_one(local_train: Callable) -> Callable:
+    """One jitted client function per ``local_train``, so loop mode compiles once."""
+    if local_train not in _JITTED:
+        _JITTED[local_train] = jax.jit(local_train)
+    return _JITTED[local_train]
+
+
+def train_clients(local_train: Callable, params, shards: Shard, steps: jax.Array,
+                  keys: jax.Array, *, mode: str = "auto", chunk_size: int | None = None,
+                  mesh: Mesh | None = None) -> LocalResult:
+    """Trains K client slots from the same global ``params``.
+
+    Args:
+      local_train: ``local_train(params, shard, steps, key) -> LocalResult``.
+      params: the global params (broadcast to every slot).
+      shards: :class:`Shard` with a leading K axis (x: [K, N_max, ...]).
+      steps: i32[K] local steps per slot (0 for padding slots).
+      keys: [K] PRNG keys, one per slot.
+      mode: ``"vmap" | "chunked" | "loop" | "auto"`` (see module doc).
+      chunk_size: clients per chunk in ``"chunked"`` mode (default 1).
+      mesh: optional device mesh with a ``"clients"`` axis.
+
+    Returns:
+      :class:`LocalResult` with a leading K axis.
+    """
+    mode, chunk_size = resolve_mode(mode, chunk_size)
+    if mode == "loop":
+        one = _jit_one(local_train)
+        outs = [one(params, jax.tree.map(lambda a, k=k: a[k], shards), steps[k], keys[k])
+                for k in range(steps.shape[0])]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    fn = _map_clients(local_train, mode, chunk_size)
+    if mesh is None or mesh.size == 1:
+        return fn(params, shards, steps, keys)
+    k = steps.shape[0]
+    if k % mesh.shape[CLIENT_AXIS]:
+        raise ValueError(f"{k} client slots do not split over {mesh.shape[CLIENT_AXIS]} "
+                         "devices; round K up with engine.pad_slots")
+    sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(CLIENT_AXIS), P(CLIENT_AXIS),
+                                                     P(CLIENT_AXIS)),
+                            out_specs=P(CLIENT_AXIS), check_vma=False)
+    return sharded(params, shards, steps, keys)
+
+
+def finite_updates(result: LocalResult) -> jax.Array:
+    """bool[K]: slots whose loss and every delta entry are finite."""
+    ok = jnp.isfinite(result.loss) & jnp.isfinite(result.loss0)
+    for leaf in jax.tree.leaves(result.delta):
+        ok &= jnp.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
+    return ok

@@ -1,0 +1,68 @@
+import pytest
+
+from fsjax import config
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rounds: 4\nselection:\n  name: fair_select\n  lam: 0.3\n"
+                    "model:\n  name: mlp\n  hidden: [16]\n")
+    cfg = config.load(path, overrides=("rounds=3", "engine.mode=loop", "selection.lam=0.7",
+                                       "data.image_shape=[4, 4, 1]"))
+    assert cfg.rounds == 3 and cfg.engine.mode == "loop"
+    assert cfg.selection.params == {"lam": 0.7}
+    assert cfg.data.image_shape == (4, 4, 1)
+    assert cfg.model.params == {"hidden": [16]}
+    flat = config.flatten(cfg)
+    assert flat["selection.lam"] == 0.7 and flat["local.lr"] == 0.1
+    # The dump loads back to an equal config.
+    again = tmp_path / "again.yaml"
+    again.write_text(config.dump(cfg))
+    assert config.load(again) == cfg
+
+
+@pytest.mark.parametrize("override, key", [
+    ("roundz=3", "roundz"),
+    ("local.lrr=0.1", "local.lrr"),
+    ("rounds=three", "rounds"),
+    ("rounds=0", "rounds"),
+    ("local.lr=-1", "local.lr"),
+    ("engine.mode=gpu", "engine.mode"),
+    ("selection.name=best", "selection.name"),
+    ("selection.lam=0.5", "selection.lam"),           # random() takes no lam
+    ("selection.clients_per_round=500", "selection.clients_per_round"),
+    ("availability.name=markov", None),               # valid
+    ("availability.p_dropp=0.1", "availability.p_dropp"),
+    ("model.name=cnn", None),
+    ("model.widht=3", "model.widht"),
+    ("aggregation.name=qffl", None),
+    ("aggregation.qq=1", "aggregation.qq"),
+    ("partition.alpha=0", "partition.alpha"),
+    ("local.steps=true", "local.steps"),
+])
+def test_bad_keys_and_values_name_the_key(override, key):
+    if key is None:
+        config.load(None, overrides=(override,))
+        return
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        config.load(None, overrides=(override,))
+
+
+@pytest.mark.parametrize("bad", ["rounds", "=3", "a..b=1", "a b=1"])
+def test_bad_override_syntax(bad):
+    with pytest.raises(ValueError, match="override"):
+        config.load(None, overrides=(bad,))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("rounds: [1,\n")
+    with pytest.raises(ValueError, match="YAML"):
+        config.load(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        config.load(tmp_path / "list.yaml")
+    (tmp_path / "sec.yaml").write_text("local: 3\n")
+    with pytest.raises(ValueError, match="local"):
+        config.load(tmp_path / "sec.yaml")
