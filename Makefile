@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# The shipped CIFAR-10 archive, when it lies beside the clone and no other is named.
+FSJAX_CIFAR10_ZIP ?= $(wildcard $(abspath ../shared/data/cifar10-jpeg.zip))
+export FSJAX_CIFAR10_ZIP
 
 .PHONY: install run test bench clean
 

@@ -224,3 +224,25 @@ def _pad(x_all, y_all, index_lists):
     y = np.where(idx >= 0, y_all[safe], 0).astype(np.int32)
     n = np.array([len(i) for i in index_lists], np.int32)
     return x, y, n, idx
+
+
+def format_label_table(hist: np.ndarray, class_names, max_rows: int = 10) -> str:
+    """A plain-text table of per-client label counts (first ``max_rows`` clients).
+
+    Example:
+      >>> print(format_label_table(np.array([[3, 0], [1, 2]]), ("cat", "dog")))
+      client   cat   dog  total
+           0     3     0      3
+           1     1     2      3
+    """
+    hist = np.asarray(hist)
+    names = [str(c)[:6] for c in class_names]
+    width = max(5, max(len(n) for n in names), len(str(int(hist.max(initial=0)))))
+    head = "client" + "".join(f" {n:>{width}}" for n in names) + "  total"
+    rows = [head]
+    for c in range(min(len(hist), max_rows)):
+        rows.append(f"{c:>6}" + "".join(f" {int(v):>{width}}" for v in hist[c])
+                    + f"  {int(hist[c].sum()):>5}")
+    if len(hist) > max_rows:
+        rows.append(f"   ... {len(hist) - max_rows} more clients")
+    return "\n".join(rows)

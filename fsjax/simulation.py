@@ -226,6 +226,24 @@ class Simulation:
                       jnp.asarray([len(test_y)], jnp.int32))
         self._test_eval = jax.jit(self.evaluate)
 
+    def describe(self, max_rows: int = 10) -> str:
+        """A few lines on the data, partition and parts (printed at the start of a run)."""
+        cfg = self.config
+        n = np.asarray(self.data.n)
+        hist = np.asarray(self.data.label_hist)
+        return "\n".join([
+            f"data: {self.data_description}; {self.num_clients} clients "
+            f"({cfg.partition.name}), {int(n.sum())} training examples, "
+            f"{int(np.asarray(self.data.n_test).sum())} client test examples",
+            partition.format_label_table(hist, self.dataset.class_names, max_rows),
+            f"model: {cfg.model.name}; engine: {self.mode}"
+            + (f" (chunk {self.chunk_size})" if self.chunk_size else "")
+            + f" on {jax.device_count()} {jax.default_backend()} device(s); "
+            f"selection: {cfg.selection.name} K={self.num_slots}; "
+            f"availability: {cfg.availability.name}; failure: {cfg.failure.name}; "
+            f"aggregation: {cfg.aggregation.name}",
+        ])
+
     # ------------------------------------------------------------------ state
 
     def init(self) -> RoundState:
@@ -252,8 +270,14 @@ class Simulation:
 
     # ------------------------------------------------------------------ round
 
-    def _pre(self, state: RoundState, fd: FederatedData):
-        """Availability, selection and the per-slot plan (gathered shards, steps, keys)."""
+    def plan_round(self, state: RoundState, fd: FederatedData):
+        """Availability, selection and the per-slot plan (gathered shards, steps, keys).
+
+        Returns ``(state, plan, shards)``; ``plan`` holds ``available`` bool[C],
+        ``slots`` i32[K], ``valid`` bool[K], ``steps`` i32[K], ``keys`` [K] and
+        ``k_fail``. The networked server calls this, trains remotely, then
+        :meth:`finish_round`.
+        """
         key_r = jax.random.fold_in(state.key, state.round)
         k_av, k_sel, k_train, k_fail = jax.random.split(key_r, 4)
         avail_state, available = self.availability.step(state.avail_state, k_av)
@@ -273,14 +297,23 @@ class Simulation:
                                     plan["keys"], mode=self.mode, chunk_size=self.chunk_size,
                                     mesh=self.mesh)
 
-    def _post(self, state: RoundState, plan, result: local.LocalResult, fd: FederatedData):
-        """Failure rule, aggregation, evaluation, selector update and metrics."""
+    def finish_round(self, state: RoundState, plan, result: local.LocalResult,
+                     fd: FederatedData, reported=None):
+        """Failure rule, aggregation, evaluation, selector update and metrics.
+
+        Args:
+          reported: optional bool[K], False for slots whose update never
+            arrived (networked mode); they count as failed.
+        """
         slots, valid = plan["slots"], plan["valid"]
         C = self.num_clients
         finite = engine.finite_updates(result)
         failed, latency = self.failure.fails(state.fail_state, plan["k_fail"], slots,
                                              jnp.where(finite, result.loss, jnp.inf))
         failed = failed & valid & finite
+        if reported is not None:
+            failed = failed | (valid & ~reported)
+            finite = finite | ~reported
         ok = valid & finite & ~failed
         weights = jnp.where(ok, fd.n[slots], 0).astype(jnp.float32)
         params, server_state = self.aggregator.apply(
@@ -327,16 +360,16 @@ class Simulation:
 
     def _round(self, state: RoundState, fd: FederatedData):
         self.trace_count += 1
-        state, plan, shards = self._pre(state, fd)
+        state, plan, shards = self.plan_round(state, fd)
         result = self._train(state.params, shards, plan)
-        return self._post(state, plan, result, fd)
+        return self.finish_round(state, plan, result, fd)
 
     def step(self, state: RoundState) -> tuple[RoundState, dict[str, jax.Array]]:
         """Runs one round; compiles on the first call only."""
         if self.mode == "loop":
             if self._pre_jit is None:
-                self._pre_jit = jax.jit(self._pre)
-                self._post_jit = jax.jit(self._post)
+                self._pre_jit = jax.jit(self.plan_round)
+                self._post_jit = jax.jit(self.finish_round)
             self.trace_count = max(self.trace_count, 1)
             state, plan, shards = self._pre_jit(state, self.data)
             result = self._train(state.params, shards, plan)
@@ -351,6 +384,19 @@ class Simulation:
 
 
 # ------------------------------------------------------------------------- run
+
+
+def append_metrics(history: dict[str, list[float]], row: dict[str, float]) -> None:
+    """Appends one round's metrics, keeping every list one entry per round.
+
+    A metric missing from a round (``test_accuracy`` is only measured on some
+    rounds) is NaN there, so ``history[k][r]`` is always round r+1.
+    """
+    done = max((len(v) for v in history.values()), default=0)
+    for k in row:
+        history.setdefault(k, [float("nan")] * done)
+    for k, values in history.items():
+        values.append(row.get(k, float("nan")))
 
 
 def run(cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), *,
@@ -390,17 +436,14 @@ def run(cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), *,
             if last or (ge and (r + 1) % ge == 0):
                 test_acc[r + 1] = sim.test_accuracy(state.params)
                 m["test_accuracy"] = test_acc[r + 1]
-            for k, v in m.items():
-                values.setdefault(k, []).append(v)
+            append_metrics(values, m)
             for cb in callbacks:
                 cb.on_round(sim, r + 1, m, state)
     except BaseException as err:
         for cb in callbacks:
             cb.on_error(sim, err)
         raise
-    n = len(values.get("accuracy_mean", []))
-    metrics = {k: np.asarray(v if len(v) == n else [np.nan] * (n - len(v)) + v, np.float64)
-               for k, v in values.items()}
+    metrics = {k: np.asarray(v, np.float64) for k, v in values.items()}
     clients = {k: np.asarray(v) for k, v in dict(
         accuracy=state.accuracy, loss=state.loss, participation=state.participation,
         cum_utility=state.cum_utility, num_examples=sim.data.n).items()}
@@ -409,3 +452,32 @@ def run(cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), *,
     for cb in callbacks:
         cb.on_end(sim, hist)
     return hist
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over rounds showing mean accuracy and the accuracy Jain index."""
+
+    def __init__(self, disable: bool = False):
+        self.disable = disable
+        self.bar = None
+
+    def on_start(self, sim: Simulation) -> None:
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=sim.config.rounds, desc=sim.config.name, unit="round",
+                        disable=self.disable, mininterval=0.5)
+
+    def on_round(self, sim, round_index, metrics, state) -> None:
+        if self.bar is None:
+            return
+        if self.bar.n == 0 and round_index > 1:   # resumed run
+            self.bar.update(round_index - 1)
+        self.bar.set_postfix(acc=f"{metrics['accuracy_mean']:.3f}",
+                             jain=f"{metrics['accuracy_jain']:.3f}", refresh=False)
+        self.bar.update(1)
+
+    def on_end(self, sim, history) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_error(self, sim, error) -> None:
+        self.on_end(sim, None)

@@ -1,0 +1,190 @@
+"""The command line and MLflow tracking, run as a user would run them."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from fsjax import checkpoint, cli, metrics, simulation, tracking
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = str(REPO / "experiments" / "quick.yaml")
+
+
+def _fsjax(*args, cwd=REPO, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fsjax.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_run_logs_everything_and_mlflow_server_answers(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    out = _fsjax("run", QUICK, "--set", "rounds=3", "--tracking-uri", uri,
+                 "--output-dir", str(tmp_path / "out"), "--quiet")
+    assert out.returncode == 0, out.stderr
+    client = _client(uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "quick"]
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    for name in metrics.METRIC_NAMES + ("train_loss", "dropped_updates", "round_seconds"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+        assert steps == [1, 2, 3], name
+    assert run.data.params["rounds"] == "3" and run.data.params["selection.name"] == "random"
+    assert run.data.tags["engine_mode"].startswith(("chunked", "vmap"))
+    assert run.data.tags["jax_backend"] == jax.default_backend()
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics_log.csv", "final_metrics.csv", "figures"} <= files
+    figs = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
+    assert len([f for f in figs if f.endswith(".png")]) >= 2
+    (run_dir,) = (tmp_path / "out").iterdir()
+    logged = tracking.read_metrics_csv(run_dir / "metrics_log.csv")
+    assert len(logged["accuracy_mean"]) == 3
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        body = json.dumps({"experiment_ids": [exp.experiment_id]}).encode()
+        deadline = time.time() + 90
+        while True:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                    headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    found = json.load(resp)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        assert [r["info"]["run_id"] for r in found["runs"]] == [run.info.run_id]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+class _Interrupt:
+    """Raises at a given round, like a crash or Ctrl-C mid-run."""
+
+    def __init__(self, at, error=KeyboardInterrupt):
+        self.at, self.error = at, error
+
+    def on_start(self, sim): ...
+    def on_end(self, sim, hist): ...
+    def on_error(self, sim, err): ...
+
+    def on_round(self, sim, r, m, state):
+        if r == self.at:
+            raise self.error("interrupted for the test")
+
+
+def _args(*argv):
+    return cli.build_parser().parse_args(["run", *argv])
+
+
+def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    common = ("--set", "rounds=5", "--set", "checkpoint_every=2", "--set",
+              "availability.name=markov", "--set", "selection.name=fair_select",
+              "--tracking-uri", uri, "--quiet")
+    full = cli.run_experiment(_args(QUICK, *common, "--output-dir", str(tmp_path / "a")))
+    with pytest.raises(KeyboardInterrupt):
+        cli.run_experiment(_args(QUICK, *common, "--output-dir", str(tmp_path / "b")),
+                           extra_callbacks=[_Interrupt(3)])
+    (run_dir,) = (tmp_path / "b").iterdir()
+    client = _client(uri)
+    run_id = tracking.load_run_info(run_dir)["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = cli.run_experiment(_args("--resume", str(run_dir), "--tracking-uri", uri,
+                                       "--quiet"))
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(full.metrics["accuracy_mean"],
+                                  resumed.metrics["accuracy_mean"])
+    assert client.get_run(run_id).info.status == "FINISHED"
+    csv = tracking.read_metrics_csv(run_dir / "metrics_log.csv")
+    np.testing.assert_allclose(csv["accuracy_mean"], full.metrics["accuracy_mean"])
+
+
+def test_failing_run_is_marked_failed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    with pytest.raises(RuntimeError):
+        cli.run_experiment(_args(QUICK, "--set", "rounds=3", "--tracking-uri", uri, "--quiet",
+                                 "--output-dir", str(tmp_path / "o")),
+                           extra_callbacks=[_Interrupt(2, RuntimeError)])
+    (run,) = _client(uri).search_runs(
+        [_client(uri).get_experiment_by_name("quick").experiment_id])
+    assert run.info.status == "FAILED" and "RuntimeError" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("argv, code, text", [
+    (["run", QUICK, "--set", "roundz=3"], 2, "roundz"),
+    (["run", QUICK, "--set", "rounds"], 2, "override"),
+    (["run", QUICK, "--bogus"], 2, "unrecognized"),
+    (["run"], 2, "CONFIG"),
+    (["run", "missing.yaml"], 2, "not found"),
+    (["frobnicate"], 2, "invalid choice"),
+    (["run", QUICK, "--tracking-uri", "http://127.0.0.1:9", "--quiet"], 1, "unreachable"),
+])
+def test_bad_arguments_one_line_and_exit_code(argv, code, text, capsys):
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert text in err and len(err.splitlines()) == 1, err
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert cli.main(["run", QUICK, "--no-track", "--output-dir", str(blocker / "x")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "not writable" in err and len(err.splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(Path(QUICK).read_text())
+    (run_dir / "checkpoint.msgpack").write_bytes(b"\x00garbage" * 10)
+    assert cli.main(["run", "--resume", str(run_dir), "--no-track", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "corrupt" in err and len(err.splitlines()) == 1
+
+
+def test_checkpoint_rejects_a_different_experiment(tmp_path):
+    from fsjax import config
+    sim = simulation.Simulation(config.load(QUICK))
+    checkpoint.save(tmp_path / "c.msgpack", sim.init(), {"accuracy_mean": [0.1]}, {1: 0.2})
+    state, hist, test = checkpoint.load(tmp_path / "c.msgpack", sim.init())
+    assert hist == {"accuracy_mean": [0.1]} and test == {1: 0.2}
+    other = simulation.Simulation(config.load(QUICK, overrides=("model.hidden=[32]",)))
+    with pytest.raises(ValueError, match="does not match"):
+        checkpoint.load(tmp_path / "c.msgpack", other.init())
+
+
+def test_help_for_each_command():
+    for cmd in ("run", "allocate", "compare", "serve", "client", "launch"):
+        out = _fsjax(cmd, "--help")
+        assert out.returncode == 0 and "usage: fsjax " + cmd in out.stdout, cmd
