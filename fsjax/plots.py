@@ -30,8 +30,9 @@ def _plt():
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if not fig.legends:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return path
 
@@ -149,9 +150,11 @@ def plot_overlay(histories: Mapping[str, Mapping[str, Sequence[float]]],
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8,
+        fig.tight_layout()
+        ncol = 1 if max(len(lb) for lb in labels) > 40 else min(len(labels), 4)
+        # Below the panels; bbox_inches="tight" grows the canvas to fit it.
+        fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=8,
                    bbox_to_anchor=(0.5, 0.0))
-        fig.subplots_adjust(bottom=0.18)
     return _save(fig, path)
 
 

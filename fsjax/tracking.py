@@ -274,9 +274,15 @@ def fetch_histories(tracking_uri: str | None = None, run_ids: Sequence[str] = ()
         runs += client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     if not runs:
         raise ValueError("no runs: give run ids or an experiment name")
+    # Label each run by the parameters that tell it apart from the others.
+    keys = set().union(*(r.data.params for r in runs))
+    differ = sorted(k for k in keys if len({r.data.params.get(k) for r in runs}) > 1
+                    and k not in ("output_dir", "name"))
     out: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         label = run.info.run_name or run.info.run_id
+        if differ:
+            label += " [" + ", ".join(f"{k}={run.data.params.get(k)}" for k in differ) + "]"
         if label in out:
             label = f"{label} ({run.info.run_id[:6]})"
         hist = {}

@@ -127,6 +127,16 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert client.get_run(run_id).info.status == "FINISHED"
     csv = tracking.read_metrics_csv(run_dir / "metrics_log.csv")
     np.testing.assert_allclose(csv["accuracy_mean"], full.metrics["accuracy_mean"])
+    # Both runs as MLflow holds them (the resumed one logged round 3 twice).
+    hists = tracking.fetch_histories(uri, experiment="quick", metrics=("accuracy_mean",))
+    assert len(hists) == 2
+    a, b = (h["accuracy_mean"] for h in hists.values())
+    np.testing.assert_allclose(a, full.metrics["accuracy_mean"], rtol=1e-6)
+    np.testing.assert_allclose(b, full.metrics["accuracy_mean"], rtol=1e-6)
+    png = tmp_path / "cmp.png"
+    assert cli.main(["compare", "--experiment", "quick", "--tracking-uri", uri,
+                     "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
 
 
 def test_failing_run_is_marked_failed(tmp_path):
