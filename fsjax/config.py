@@ -114,6 +114,7 @@ class AllocationConfig:
     alpha: float = 0.0               # alpha-fairness of FairSynergy (0 utilitarian, 1 proportional)
     budget: float = 0.0              # total local steps per round (0 = clients_per_round * local.steps)
     min_steps: int = 1               # lower bound on a selected client's steps
+    max_steps: int = 0               # upper bound (0 = 3 * local.steps); the engine's scan length
     utility: str = "accuracy"        # accuracy | loss: the learning curve that is fitted
     history: int = 8                 # rounds of each client's history used for the fit
 
@@ -350,6 +351,14 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(al.alpha >= 0, "allocation.alpha", al.alpha, ">= 0")
     _check(al.budget >= 0, "allocation.budget", al.budget, ">= 0")
     _check(al.min_steps >= 0, "allocation.min_steps", al.min_steps, ">= 0")
+    _check(al.max_steps >= 0, "allocation.max_steps", al.max_steps, ">= 0")
+    if al.name != "none":
+        budget = al.budget or s.clients_per_round * lc.steps
+        _check(al.min_steps * s.clients_per_round <= budget, "allocation.min_steps",
+               al.min_steps, f"min_steps * clients_per_round <= the budget ({budget:g} steps)")
+        top = al.max_steps or 3 * lc.steps
+        _check(top * s.clients_per_round >= budget, "allocation.max_steps", al.max_steps,
+               f"max_steps * clients_per_round >= the budget ({budget:g} steps)")
     _check(al.utility in ("accuracy", "loss"), "allocation.utility", al.utility,
            "'accuracy' or 'loss'")
     _check(al.history >= 3, "allocation.history", al.history, ">= 3 (three curve parameters)")

@@ -121,8 +121,8 @@ def plot_allocation(names: Sequence[str], allocations: Mapping[str, Sequence[flo
 
 
 def plot_overlay(histories: Mapping[str, Mapping[str, Sequence[float]]],
-                 metric_names: Sequence[str], path, band: Mapping[str, Mapping] | None = None
-                 ) -> Path:
+                 metric_names: Sequence[str], path, band: Mapping[str, Mapping] | None = None,
+                 title: str = "") -> Path:
     """Overlays several runs' metric curves, one panel per metric.
 
     Args:
@@ -131,6 +131,7 @@ def plot_overlay(histories: Mapping[str, Mapping[str, Sequence[float]]],
       path: output PNG.
       band: optional ``{label: {metric: (low, high)}}`` shaded around a curve
         (e.g. the spread over seeds).
+      title: figure title.
     """
     plt = _plt()
     cols = min(3, len(metric_names))
@@ -148,6 +149,8 @@ def plot_overlay(histories: Mapping[str, Mapping[str, Sequence[float]]],
         _style(ax, name)
     for ax in list(axes.flat)[len(metric_names):]:
         ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.tight_layout()

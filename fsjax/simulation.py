@@ -197,7 +197,8 @@ class Simulation:
         unroll = True if (conv == "xla" and jax.default_backend() == "cpu") else 1
         self.local_train = local.make_local_train(
             self.model.apply, _client_optimizer(cfg.local), batch_size=cfg.local.batch_size,
-            max_steps=cfg.local.steps, mu=cfg.local.mu, unroll=unroll)
+            max_steps=allocation_loop.max_steps(cfg.allocation, cfg.local.steps), mu=cfg.local.mu,
+            unroll=unroll)
         a = cfg.aggregation
         server_opt = aggregation.server_optimizer(a.server_optimizer, a.server_lr,
                                                   a.server_momentum)
@@ -220,8 +221,9 @@ class Simulation:
         self._round_jit = None
         self._pre_jit = self._post_jit = None
         test_x, test_y = dataset.x_test, dataset.y_test
-        if cfg.data.test_subset:
-            test_x, test_y = test_x[:cfg.data.test_subset], test_y[:cfg.data.test_subset]
+        if cfg.data.test_subset:  # a seeded random subset, whatever the order of the set
+            pick = np.sort(np.random.default_rng(0).permutation(len(test_y))[:cfg.data.test_subset])
+            test_x, test_y = test_x[pick], test_y[pick]
         self._test = (jnp.asarray(test_x)[None], jnp.asarray(test_y)[None],
                       jnp.asarray([len(test_y)], jnp.int32))
         self._test_eval = jax.jit(self.evaluate)
@@ -285,7 +287,8 @@ class Simulation:
         pad = self.padded_slots - self.num_slots
         slots = jnp.concatenate([sel.slots.astype(jnp.int32), jnp.zeros(pad, jnp.int32)])
         valid = jnp.concatenate([sel.valid, jnp.zeros(pad, bool)])
-        steps = self.allocator.steps(state.alloc_state, slots, valid, fd.n[slots])
+        steps = self.allocator.steps(state.alloc_state, slots, valid,
+                                     jax.random.fold_in(key_r, 0xA110C))
         keys = jax.random.split(k_train, self.num_clients)[slots]
         shards = local.Shard(fd.x[slots], fd.y[slots], fd.n[slots])
         plan = dict(available=available, slots=slots, valid=valid, steps=steps, keys=keys,

@@ -179,15 +179,18 @@ class MlflowTracker:
       run_dir: the run's output directory (CSVs, figures, ``run.json``).
       run_id: continue this MLflow run (resume) instead of starting one.
       figures: save and log the standard figures at the end.
+      tags: extra run tags (e.g. a study's arm and seed).
     """
 
     def __init__(self, tracking_uri: str | None, experiment: str | None,
-                 run_dir: str | os.PathLike, run_id: str | None = None, figures: bool = True):
+                 run_dir: str | os.PathLike, run_id: str | None = None, figures: bool = True,
+                 tags: Mapping[str, str] | None = None):
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.figures = figures
+        self.tags = dict(tags or {})
         self.client = None
 
     def on_start(self, sim) -> None:
@@ -209,7 +212,8 @@ class MlflowTracker:
                 "jax_devices": ", ".join(str(d) for d in jax.devices()),
                 "engine_mode": f"{sim.mode}" + (f"(chunk={sim.chunk_size})" if sim.chunk_size
                                                  else ""),
-                "data": sim.data_description, "run_dir": str(self.run_dir.resolve())}
+                "data": sim.data_description, "run_dir": str(self.run_dir.resolve()),
+                **self.tags}
         run = self.client.create_run(exp_id, run_name=self.run_dir.name, tags=tags)
         self.run_id = run.info.run_id
         params = [Param(k, str(v)) for k, v in config_lib.flatten(cfg).items()]
