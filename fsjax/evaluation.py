@@ -23,8 +23,8 @@ import optax
 class Evaluation(NamedTuple):
     accuracy: jax.Array    # f32[C]  accuracy on each client's test split (0 if empty)
     loss: jax.Array        # f32[C]  mean cross-entropy on each client's test split
-    class_loss: jax.Array  # f32[L]  mean loss of each true class over all clients' test rows
-    class_count: jax.Array  # f32[L] test rows of each class (0 -> class_loss is 0)
+    class_loss: jax.Array   # f32[L]  mean loss per true class over all test rows (NaN: no rows)
+    class_count: jax.Array  # f32[L] test rows of each class
 
 
 def make_evaluator(apply_fn: Callable, num_classes: int, chunk: int = 500) -> Callable:
@@ -64,7 +64,8 @@ def make_evaluator(apply_fn: Callable, num_classes: int, chunk: int = 500) -> Ca
         loss = jnp.sum(losses * mask, 1) / count
         class_sum = jax.ops.segment_sum((losses * mask).reshape(-1), y.reshape(-1), num_classes)
         class_count = jax.ops.segment_sum(mask.reshape(-1), y.reshape(-1), num_classes)
-        class_loss = class_sum / jnp.maximum(class_count, 1.0)
+        class_loss = jnp.where(class_count > 0, class_sum / jnp.maximum(class_count, 1.0),
+                               jnp.nan)
         return Evaluation(acc, loss, class_loss, class_count)
 
     return evaluate

@@ -234,8 +234,8 @@ def round_metrics(*, accuracy: Any, cum_utility: Any, participation: Any, ever_a
     5. ``selection_gap``: :func:`selection_gap` (ever-available clients).
     6. ``participation_gini``: :func:`gini` of participation counts (all clients).
     7. ``accuracy_variance``: :func:`variance` of per-client accuracy.
-    8. ``label_kl``: :func:`label_kl` of this round's participating data vs global.
-    9. ``unseen_labels``: :func:`unseen_labels` of this round's participating data.
+    8. ``label_kl``: :func:`label_kl` of this round's selected data vs global.
+    9. ``unseen_labels``: :func:`unseen_labels` of this round's selected data.
     10. ``class_loss_variance``: :func:`class_loss_variance`.
 
     Args:
@@ -244,7 +244,7 @@ def round_metrics(*, accuracy: Any, cum_utility: Any, participation: Any, ever_a
       participation: i32[C] rounds each client participated so far.
       ever_available: bool[C] available in at least one round so far.
       rounds: scalar, rounds completed so far (>= 1).
-      selected_label_counts: f32[L] label counts of this round's participants.
+      selected_label_counts: f32[L] label counts of this round's selected clients.
       global_label_dist: f32[L] global label distribution (or counts).
       class_loss: f32[L] global model's loss per class.
 
