@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument("file")
     alloc.add_argument("--alpha", type=float, default=None,
                        help="alpha-fairness (default: the file's, else 0)")
+    alloc.add_argument("--plot", metavar="PNG", help="also draw allocation and price bars")
 
     cmp_ = sub.add_parser("compare", help="overlay the metric curves of several MLflow runs")
     cmp_.add_argument("--experiment", help="all runs of this MLflow experiment")
@@ -76,16 +77,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--experiment")
     serve.add_argument("--run-dir", help="run directory (checkpoint, CSVs); resumes if it "
                        "holds a checkpoint")
+    serve.add_argument("--output-dir", help="parent of a new run directory when --run-dir "
+                       "is not given (default: config output_dir)")
+    serve.add_argument("--round-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="how long a round waits for the selected clients (default 60)")
+    serve.add_argument("--register-timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="how long to wait for all clients to register before round 1 "
+                       "(default 300)")
+    serve.add_argument("--linger", type=float, default=5.0, metavar="SECONDS",
+                       help="keep answering after the run so clients learn it is done "
+                       "(default 5)")
     serve.add_argument("--no-track", action="store_true")
+    serve.add_argument("--quiet", "-q", action="store_true")
 
     client = sub.add_parser("client", help="run one federated client process")
     client.add_argument("config")
     client.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE")
-    client.add_argument("--client-id", type=int, required=True)
-    client.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8080")
+    client.add_argument("--client-id", type=int, help="this client's index "
+                        "(default $FSJAX_CLIENT_ID)")
+    client.add_argument("--server", help="server URL, e.g. http://127.0.0.1:8080 "
+                        "(default $FSJAX_SERVER_URL)")
     client.add_argument("--host", default="127.0.0.1")
     client.add_argument("--port", type=int, default=0, help="0 = a free port")
+    client.add_argument("--url", help="URL the server reaches this client at (default "
+                        "$FSJAX_CLIENT_URL, else http://HOST:PORT)")
+    client.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
+                        help="seconds between status reports (default 2)")
+    client.add_argument("--give-up-after", type=float, default=600.0, metavar="SECONDS",
+                        help="exit when the server has been unreachable this long (default 600)")
+    client.add_argument("--train-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="sleep before each local training (simulates a slow device)")
+    client.add_argument("--quiet", "-q", action="store_true")
 
     launch = sub.add_parser("launch", help="server + N client processes on loopback")
     launch.add_argument("config")
@@ -95,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--tracking-uri")
     launch.add_argument("--experiment")
     launch.add_argument("--output-dir")
+    launch.add_argument("--round-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="how long a round waits for the selected clients (default 60)")
     launch.add_argument("--no-track", action="store_true")
+    launch.add_argument("--quiet", "-q", action="store_true")
     return parser
 
 
@@ -139,17 +165,29 @@ def resolve_run_config(args):
 
 def run_experiment(args, extra_callbacks=()):
     """Runs ``fsjax run``; returns the History. Raises UsageError/ValueError on bad input."""
-    from fsjax import checkpoint, config, simulation, tracking
-
     try:
         cfg, run_dir, resuming = resolve_run_config(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    return run_in_dir(args, cfg, run_dir, resuming, extra_callbacks=extra_callbacks)
+
+
+def run_in_dir(args, cfg, run_dir, resuming, *, make_sim=None, extra_callbacks=()):
+    """The run wiring shared by ``fsjax run`` and ``fsjax serve``.
+
+    Writes the config, builds the simulation (``make_sim(cfg)``, default
+    :class:`fsjax.simulation.Simulation`; the networked server passes its own),
+    restores the checkpoint when resuming, and runs it with the progress bar,
+    CSV, checkpoint and MLflow callbacks. Uses ``args.no_track``,
+    ``args.tracking_uri``, ``args.experiment`` and ``args.quiet``.
+    """
+    from fsjax import checkpoint, config, simulation, tracking
+
     if not args.no_track:
         tracking.check_tracking_uri(tracking.resolve_tracking_uri(args.tracking_uri))
     if not resuming:
         (run_dir / "config.yaml").write_text(config.dump(cfg))
-    sim = simulation.Simulation(cfg)
+    sim = (make_sim or simulation.Simulation)(cfg)
     if not args.quiet:
         print(sim.describe(), flush=True)
     state, history, test_acc = None, {}, {}
@@ -210,7 +248,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "allocate":
         from fsjax import allocation_report
-        return allocation_report.main(args.file, alpha=args.alpha)
+        return allocation_report.main(args.file, alpha=args.alpha, plot=args.plot)
     if args.command == "compare":
         return _compare(args)
     from serving import launch  # the networked commands live in serving/
@@ -241,4 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable fsjax.cli, not this __main__ copy: serving raises
+    # fsjax.cli.UsageError, which main() must recognise (python -m fsjax.cli).
+    from fsjax.cli import main as _main
+    sys.exit(_main())

@@ -1,0 +1,1 @@
+"""Scripts reproducing the reference studies with fsjax (run from the repository root)."""

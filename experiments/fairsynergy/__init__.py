@@ -1,0 +1,1 @@
+"""FairSynergy experiments: ``python -m experiments.fairsynergy.{table,sweep,boxplots}``."""
