@@ -1,0 +1,129 @@
+"""What the study drivers share: a grid of runs tracked in one MLflow experiment,
+summaries over seeds, comparison figures and the markdown tables in
+``experiments/README.md``.
+
+A study is a list of *arms* (named override lists, e.g. one per selection
+strategy) crossed with *variants* (e.g. availability models) and seeds. Each
+run is a normal fsjax run: its own run directory with the CSVs and figures, and
+one MLflow run (tagged with arm, variant and seed) in the study's experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fsjax import config, metrics, plots, simulation, tracking
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "experiments" / "README.md"
+
+
+def run_grid(base: str | Path, arms: dict[str, Sequence[str]],
+             variants: dict[str, Sequence[str]], seeds: Sequence[int], *, out: Path,
+             experiment: str, tracking_uri: str | None, extra: Sequence[str] = (),
+             log=print) -> dict:
+    """Runs every (variant, arm, seed); returns ``results[variant][arm] = [run, ...]``.
+
+    Each ``run`` is a dict with ``seed``, ``seconds``, ``metrics`` (per-round
+    lists) and ``final`` (last finite value of each metric).
+    """
+    dataset = None
+    results: dict = {}
+    total = len(variants) * len(arms) * len(seeds)
+    done = 0
+    for vname, voverrides in variants.items():
+        for aname, aoverrides in arms.items():
+            for seed in seeds:
+                cfg = config.load(base, overrides=(*extra, *voverrides, *aoverrides,
+                                                   f"seed={seed}"))
+                if dataset is None:
+                    dataset, described = simulation.load_dataset(cfg)
+                    log(f"data: {described}")
+                run_dir = out / "runs" / f"{vname}-{aname}-s{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "config.yaml").write_text(config.dump(cfg))
+                callbacks = [tracking.CsvLogger(run_dir)]
+                if tracking_uri != "none":
+                    callbacks.append(tracking.MlflowTracker(
+                        tracking_uri, experiment, run_dir, figures=False,
+                        tags={"arm": aname, "variant": vname, "seed": str(seed)}))
+                t0 = time.perf_counter()
+                hist = simulation.run(cfg, callbacks, dataset=dataset)
+                seconds = time.perf_counter() - t0
+                done += 1
+                final = {k: _last_finite(v) for k, v in hist.metrics.items()}
+                results.setdefault(vname, {}).setdefault(aname, []).append(dict(
+                    seed=seed, seconds=seconds, final=final,
+                    metrics={k: [float(x) for x in v] for k, v in hist.metrics.items()}))
+                log(f"[{done}/{total}] {vname} {aname} seed={seed}: "
+                    f"accuracy_mean={final['accuracy_mean']:.4f} "
+                    f"accuracy_jain={final['accuracy_jain']:.4f} "
+                    f"participation_gini={final['participation_gini']:.4f} ({seconds:.0f} s)")
+    (out / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def _last_finite(values) -> float:
+    finite = [float(v) for v in values if not math.isnan(v)]
+    return finite[-1] if finite else float("nan")
+
+
+def curves(runs: list[dict], metric: str):
+    """Mean, min and max over seeds of a metric's per-round curve."""
+    y = np.array([r["metrics"][metric] for r in runs], float)
+    return y.mean(0), y.min(0), y.max(0)
+
+
+def comparison_figures(results: dict, metric_names: Sequence[str], out: Path,
+                       prefix: str) -> list[Path]:
+    """One figure per metric: a panel per variant, a line (mean) and band (min-max) per arm."""
+    paths = []
+    for metric in metric_names:
+        hist, band = {}, {}
+        for vname, arms in results.items():
+            for aname, runs in arms.items():
+                mean, lo, hi = curves(runs, metric)
+                hist.setdefault(aname, {})[vname] = mean
+                band.setdefault(aname, {})[vname] = (lo, hi)
+        paths.append(plots.plot_overlay(hist, list(results), out / f"{prefix}{metric}.png",
+                                        band=band, title=f"{metric} (mean, min-max over seeds)"))
+    return paths
+
+
+def markdown_table(results: dict, columns: Sequence[str], digits: int = 3) -> str:
+    """Per variant, a table of the final value (mean ± std over seeds) per arm."""
+    lines = []
+    for vname, arms in results.items():
+        lines += [f"**{vname}**", "",
+                  "| arm | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for aname, runs in arms.items():
+            cells = []
+            for c in columns:
+                v = np.array([r["final"][c] for r in runs], float)
+                cells.append(f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1
+                             else f"{v.mean():.{digits}f}")
+            lines.append(f"| {aname} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_readme_section(marker: str, text: str, path: Path = README) -> None:
+    """Replaces the text between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    doc = path.read_text() if path.exists() else ""
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+FAIRNESS_COLUMNS = tuple(metrics.METRIC_NAMES)

@@ -1,0 +1,57 @@
+"""The study drivers end to end in their --quick form (slow: minutes)."""
+
+import json
+
+import pytest
+
+from fsjax import metrics
+
+
+@pytest.mark.slow
+def test_cpp_study_quick_writes_every_strategy_and_metric(tmp_path):
+    from experiments import cpp_study
+    out = tmp_path / "cpp"
+    assert cpp_study.main(["--quick", "--out", str(out),
+                           "--tracking-uri", f"sqlite:///{tmp_path}/mlruns.db"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == set(cpp_study.VARIANTS)
+    table = (out / "table.md").read_text()
+    for variant, arms in results.items():
+        assert set(arms) == set(cpp_study.STRATEGIES)
+        for name, runs in arms.items():
+            assert name in table
+            for metric in metrics.METRIC_NAMES:
+                assert len(runs[0]["metrics"][metric]) == 4, (variant, name, metric)
+    for metric in metrics.METRIC_NAMES:
+        assert (out / "figures" / f"cpp_{metric}.png").stat().st_size > 1000
+        assert metric in table
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    exp = client.get_experiment_by_name("cpp_study_quick")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 10 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["arm"] for r in runs} == set(cpp_study.STRATEGIES)
+
+
+@pytest.mark.slow
+def test_fairsynergy_loop_quick_compares_allocations(tmp_path):
+    from experiments import fairsynergy_loop
+    out = tmp_path / "loop"
+    assert fairsynergy_loop.main(["--quick", "--out", str(out), "--tracking-uri", "none"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (arms,) = results.values()
+    assert set(arms) == set(fairsynergy_loop.ARMS)
+    steps = {name: sum(runs[0]["metrics"]["local_steps"]) for name, runs in arms.items()}
+    assert len(set(steps.values())) == 1, steps          # same total compute in every arm
+    table = (out / "table.md").read_text()
+    assert all(name in table for name in arms)
+
+
+@pytest.mark.slow
+def test_gradient_tradeoff_runs(tmp_path, capsys):
+    from experiments.fairsynergy import tradeoff
+    assert tradeoff.main(["--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    err = float(text.split("max relative error")[1].split()[0])
+    assert err < 1e-3
+    assert (tmp_path / "tradeoff.png").stat().st_size > 1000
