@@ -37,8 +37,8 @@ from fsjax.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
-EXTRA_METRICS = ("train_loss", "dropped_updates", "failed_updates", "selected",
-                 "available", "local_steps")
+# Modes whose training runs outside jit, between a jitted plan and a jitted finish.
+HOST_MODES = ("loop", "networked")
 
 
 class RoundState(NamedTuple):
@@ -369,17 +369,25 @@ class Simulation:
 
     def step(self, state: RoundState) -> tuple[RoundState, dict[str, jax.Array]]:
         """Runs one round; compiles on the first call only."""
-        if self.mode == "loop":
+        if self.mode in HOST_MODES:
             if self._pre_jit is None:
                 self._pre_jit = jax.jit(self.plan_round)
                 self._post_jit = jax.jit(self.finish_round)
             self.trace_count = max(self.trace_count, 1)
             state, plan, shards = self._pre_jit(state, self.data)
-            result = self._train(state.params, shards, plan)
-            return self._post_jit(state, plan, result, self.data)
+            result, reported = self.train_on_host(state, plan, shards)
+            return self._post_jit(state, plan, result, self.data, reported)
         if self._round_jit is None:
             self._round_jit = jax.jit(self._round)
         return self._round_jit(state, self.data)
+
+    def train_on_host(self, state: RoundState, plan, shards):
+        """Training outside the compiled round (loop mode; remote clients override it).
+
+        Returns:
+          ``(LocalResult with a leading K axis, reported bool[K] or None)``.
+        """
+        return self._train(state.params, shards, plan), None
 
     def test_accuracy(self, params) -> float:
         """Accuracy of ``params`` on the (possibly subset) global test set."""

@@ -1,0 +1,317 @@
+"""``fsjax serve | client | launch``: the networked commands, as processes.
+
+- :func:`serve`: the server app (:mod:`serving.server`) under waitress, the
+  rounds in a background thread with the wiring of ``fsjax run``
+  (:func:`fsjax.cli.run_in_dir`); SIGTERM/Ctrl-C stop it (MLflow: KILLED).
+- :func:`run_client`: one client (:mod:`serving.client`): build, compile,
+  serve ``/train``, register, work until the run is done.
+- :func:`launch`: a server and N clients on loopback.
+
+``fsjax launch CONFIG --clients N`` runs an experiment as real processes on
+loopback: it sets ``partition.num_clients=N`` (and clamps
+``selection.clients_per_round`` to N), says so, makes the run directory under
+``--output-dir`` or the config's ``output_dir``, and starts
+
+- ``python -m fsjax.cli serve CONFIG ... --run-dir RUN_DIR`` on a free port;
+- N × ``python -m fsjax.cli client CONFIG ... --client-id i --port 0``,
+
+each in its own process group, with a shared random ``FSJAX_TOKEN`` unless
+one is set. It waits for the server to finish the run (the run directory
+and MLflow run are then the same as ``fsjax run``'s), terminates the clients
+and returns the server's exit code. Ctrl-C (or SIGTERM) stops the server
+first, so its MLflow run is marked KILLED, then the clients.
+
+Example:
+  $ fsjax launch experiments/quick.yaml --clients 4 --set rounds=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from serving import web
+
+log = logging.getLogger(__name__)
+
+
+def dispatch(args) -> int:
+    """Runs the ``serve``, ``client`` or ``launch`` command; returns the exit code."""
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "client":
+        return run_client(args)
+    if args.command == "launch":
+        return launch(args)
+    from fsjax.cli import UsageError
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ fsjax launch
+
+
+def launch_overrides(config_path: str, overrides, num_clients: int):
+    """The overrides that make ``num_clients`` clients, the config, and a note saying so.
+
+    Returns:
+      ``(overrides, config, note)``; ``overrides`` are the given ones plus
+      ``partition.num_clients`` and ``selection.clients_per_round``.
+    """
+    from fsjax import config
+
+    if num_clients < 1:
+        raise ValueError(f"--clients {num_clients}: expected at least 1")
+    base = config.load(config_path, overrides)
+    k = min(base.selection.clients_per_round, num_clients)
+    extra = [f"partition.num_clients={num_clients}", f"selection.clients_per_round={k}"]
+    cfg = config.load(config_path, [*overrides, *extra])
+    note = (f"launch: partition.num_clients={num_clients} (config: "
+            f"{base.partition.num_clients}), selection.clients_per_round={k} (config: "
+            f"{base.selection.clients_per_round})")
+    return [*overrides, *extra], cfg, note
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def terminate(procs, grace: float = 15.0) -> None:
+    """SIGTERM each process group, wait up to ``grace`` s, then SIGKILL what is left."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in live:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
+
+
+def launch(args) -> int:
+    """``fsjax launch``: server + ``args.clients`` clients; returns the server's exit code."""
+    from fsjax import cli, tracking
+
+    try:
+        overrides, cfg, note = launch_overrides(args.config, args.overrides, args.clients)
+    except ValueError as err:
+        raise cli.UsageError(str(err)) from None
+    print(note, flush=True)
+    if not args.no_track:
+        tracking.check_tracking_uri(tracking.resolve_tracking_uri(args.tracking_uri))
+    run_dir = cli.new_run_dir(args.output_dir or cfg.output_dir, cfg.name)
+    env = dict(os.environ, FSJAX_TOKEN=web.resolve_token(None) or secrets.token_urlsafe(32))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    fsjax = [sys.executable, "-m", "fsjax.cli"]
+    sets = [x for o in overrides for x in ("--set", o)]
+    server_cmd = [*fsjax, "serve", args.config, *sets, "--host", "127.0.0.1", "--port",
+                  str(port), "--run-dir", str(run_dir), "--round-timeout",
+                  str(args.round_timeout), "--linger", "0"]
+    for flag, value in (("--tracking-uri", args.tracking_uri),
+                        ("--experiment", args.experiment)):
+        if value:
+            server_cmd += [flag, value]
+    server_cmd += ["--no-track"] * args.no_track + ["--quiet"] * args.quiet
+    client_cmds = [[*fsjax, "client", args.config, *sets, "--client-id", str(i), "--server",
+                    url, "--host", "127.0.0.1", "--port", "0", "--quiet"]
+                   for i in range(args.clients)]
+    print(f"launch: server {url}, {args.clients} clients, run directory {run_dir}", flush=True)
+    procs: list[subprocess.Popen] = []
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        server = subprocess.Popen(server_cmd, env=env, start_new_session=True)
+        procs.append(server)
+        clients = [subprocess.Popen(c, env=env, start_new_session=True) for c in client_cmds]
+        procs += clients
+        while server.poll() is None:
+            if all(c.poll() not in (None, 0) for c in clients):
+                print("launch: every client exited with an error; stopping the server",
+                      file=sys.stderr, flush=True)
+                terminate([server])
+                return 1
+            time.sleep(0.2)
+        code = server.returncode
+        if code == 0:
+            print(f"launch: done; run directory {run_dir}", flush=True)
+        return code
+    except KeyboardInterrupt:
+        print("launch: interrupted; stopping the server, then the clients", file=sys.stderr,
+              flush=True)
+        terminate(procs[:1], grace=30.0)   # the server first: its MLflow run is marked KILLED
+        return 130
+    finally:
+        terminate(procs)
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------ fsjax serve
+
+
+def resolve_serve_config(args):
+    """``(config, run_dir, resuming)`` for ``fsjax serve``.
+
+    ``--run-dir`` holding a checkpoint resumes it (its ``config.yaml`` wins;
+    CONFIG must match it except for ``rounds``, as for ``fsjax run --resume``);
+    a ``--run-dir`` without one starts a fresh run there; no ``--run-dir``
+    makes a new one under ``--output-dir`` or the config's ``output_dir``.
+    """
+    from fsjax import cli, config
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None and (run_dir / cli.CHECKPOINT).is_file():
+        return cli.resolve_run_config(argparse.Namespace(
+            resume=str(run_dir), config=args.config, overrides=args.overrides,
+            output_dir=None))
+    cfg = config.load(args.config, args.overrides)
+    if run_dir is None:
+        return cfg, cli.new_run_dir(args.output_dir or cfg.output_dir, cfg.name), False
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--run-dir {str(run_dir)!r} is not writable: {err.strerror}") from None
+    return cfg, run_dir, False
+
+
+def serve(args) -> int:
+    """``fsjax serve``: the app under waitress, the rounds in a background thread."""
+    import waitress
+
+    from fsjax import cli
+    from serving import server
+
+    try:
+        cfg, run_dir, resuming = resolve_serve_config(args)
+    except ValueError as err:
+        raise cli.UsageError(str(err)) from None
+    sim = server.RemoteSimulation(cfg)
+    coord = server.Coordinator(sim, round_timeout=args.round_timeout,
+                               register_timeout=args.register_timeout)
+    app = server.create_app(cfg, coord)
+    # Enough threads for every client's heartbeat and update at once, within reason.
+    threads = max(8, min(64, sim.num_clients + 4))
+    http = waitress.create_server(app, host=args.host, port=args.port, threads=threads,
+                                  max_request_body_size=2 * coord.max_bytes,
+                                  connection_limit=max(100, 2 * sim.num_clients))
+    log.info("server for %d clients on http://%s:%s (run dir %s%s)", sim.num_clients,
+             args.host, http.effective_port, run_dir, ", resuming" if resuming else "")
+    threading.Thread(target=http.run, name="fsjax-http", daemon=True).start()
+    outcome: dict[str, BaseException] = {}
+    finished = threading.Event()
+
+    def rounds():
+        try:
+            cli.run_in_dir(args, cfg, run_dir, resuming, make_sim=lambda _: sim,
+                           extra_callbacks=[coord.callback()])
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = err
+            coord.callback().on_error(sim, err)
+        finally:
+            finished.set()
+
+    # The main thread waits on an Event, not Thread.join: on CPython 3.11 a join
+    # interrupted by a signal handler's exception reports the thread as finished,
+    # and the process would exit before the run is marked KILLED.
+    thread = threading.Thread(target=rounds, name="fsjax-rounds")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        thread.start()
+        while not finished.wait(0.2):
+            pass
+        if "error" in outcome:
+            raise outcome["error"]
+        try:
+            time.sleep(max(0.0, args.linger))   # clients see done=true on their next report
+        except KeyboardInterrupt:
+            pass                                # the run is complete: still a success
+    except KeyboardInterrupt:
+        coord.stop()
+        finished.wait(30)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        http.close()
+        coord.shutdown()
+    return 0
+
+
+# ------------------------------------------------------------------ fsjax client
+
+
+def run_client(args) -> int:
+    """``fsjax client``: build, compile, serve, register, then work until done."""
+    import waitress
+
+    from fsjax import cli, config
+    from serving.client import Client, create_app
+
+    cid = args.client_id
+    if cid is None:
+        env = os.environ.get("FSJAX_CLIENT_ID", "")
+        if not env.strip().isdigit():
+            raise cli.UsageError("fsjax client: --client-id (or FSJAX_CLIENT_ID) is required")
+        cid = int(env)
+    server_url = args.server or os.environ.get("FSJAX_SERVER_URL")
+    if not server_url:
+        raise cli.UsageError("fsjax client: --server (or FSJAX_SERVER_URL) is required")
+    try:
+        cfg = config.load(args.config, args.overrides)
+    except ValueError as err:
+        raise cli.UsageError(str(err)) from None
+    client = Client(cfg, cid, server_url, heartbeat=args.heartbeat,
+                    give_up_after=args.give_up_after, train_delay=args.train_delay)
+    client.warm_up()
+    http = waitress.create_server(create_app(cfg, client), host=args.host, port=args.port,
+                                  threads=4)
+    host = socket.gethostname() if args.host in ("0.0.0.0", "::", "") else args.host
+    client.url = (args.url or os.environ.get("FSJAX_CLIENT_URL")
+                  or f"http://{host}:{http.effective_port}").rstrip("/")
+    threads = [threading.Thread(target=http.run, name="fsjax-http", daemon=True),
+               threading.Thread(target=client.worker, name="fsjax-train", daemon=True)]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for t in threads:
+            t.start()
+        client.register()
+        beat = threading.Thread(target=client.heartbeat_loop, name="fsjax-status", daemon=True)
+        beat.start()
+        while not client.stop.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass                        # terminated: a clean exit
+    except web.Unavailable as err:
+        log.error("client %d: server unreachable, giving up: %s", cid, err)
+        client.exit_code = 1
+    except web.HttpError as err:
+        log.error("client %d: registration refused: %s", cid, err)
+        client.exit_code = 1
+    finally:
+        client.stop.set()
+        signal.signal(signal.SIGTERM, previous)
+        http.close()
+    return client.exit_code
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+

@@ -1,0 +1,456 @@
+"""The federated server: a Flask app over the same round code as the simulation.
+
+The server builds a :class:`RemoteSimulation` (a :class:`fsjax.simulation.
+Simulation` whose local training happens in client processes) and
+``fsjax serve`` (:func:`serving.launch.serve`) runs it with
+:func:`fsjax.cli.run_in_dir`, the wiring of ``fsjax run``: the same progress
+bar, CSV files, checkpoints and MLflow run, the same metrics. Each round, in a
+background thread:
+
+1. ``plan_round`` (jitted once) runs the configured availability model and
+   selector with the run's PRNG keys, so the selection equals the
+   simulation's; it gives each selected slot its local steps and key.
+2. The server opens the round (``GET /model`` now serves its params) and
+   pushes ``POST /train {round, steps, key, client_id}`` to each selected
+   client (push, like the study's clients; a client that cannot be reached
+   is failed at once).
+3. It waits until every selected client has posted its update or the round
+   deadline (``--round-timeout``) passes, then closes the round: later
+   updates are stale.
+4. The updates become a :class:`fsjax.local.LocalResult` with a leading K axis
+   (zeros where nothing came) and ``finish_round`` (jitted once) aggregates
+   them with ``reported=bool[K]``, so a client that did not answer counts in
+   ``failed_updates``; evaluation and metrics are the simulation's.
+
+Evaluation: the server holds every client's test split (it builds the same
+partition) and evaluates the global model on them exactly like the
+simulation. A real deployment would have clients evaluate and report instead.
+
+Availability is the config's model (for fidelity with the simulation); what
+clients report on ``POST /status`` (available, latency) is recorded and shown
+on ``GET /status`` but does not drive selection.
+
+Endpoints (JSON unless said; errors are 4xx ``{"error": "..."}``):
+
+- ``GET /health``: ``{"ok": true, ...}``.
+- ``POST /register`` ``{client_id, num_examples, label_histogram, url}``.
+- ``POST /status`` ``{client_id, available, latency}``; answers ``{round, done}``.
+- ``GET /model``: msgpack ``{round, params}`` (:mod:`serving.wire`).
+- ``POST /update``: msgpack :class:`serving.wire.Update`.
+- ``GET /status``: round, registered clients, the open round, last metrics.
+
+With ``FSJAX_TOKEN`` set, every POST and ``GET /model`` need
+``Authorization: Bearer <token>``.
+
+Example:
+  >>> from fsjax import config
+  >>> app = create_app(config.load("experiments/quick.yaml"))   # doctest: +SKIP
+  >>> app.test_client().get("/health").json["ok"]               # doctest: +SKIP
+  True
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from fsjax import local, models, simulation
+from fsjax.config import ExperimentConfig
+from serving import web, wire
+
+log = logging.getLogger(__name__)
+
+
+class ServerStopped(KeyboardInterrupt):
+    """Raised in the round thread when the server is asked to stop (MLflow: KILLED)."""
+
+
+class RemoteSimulation(simulation.Simulation):
+    """A :class:`Simulation` whose local training is done by ``train_remote``.
+
+    ``train_remote(state, plan) -> (LocalResult with a leading K axis,
+    reported bool[K])`` is set by the :class:`Coordinator`.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.mode, self.chunk_size = "networked", None   # shown in describe() and MLflow tags
+        self.train_remote = None
+
+    def train_on_host(self, state, plan, shards):
+        return self.train_remote(state, plan)
+
+
+@dataclasses.dataclass
+class ClientRecord:
+    url: str
+    num_examples: int
+    available: bool = True
+    latency: float | None = None
+    last_seen: float = 0.0
+
+
+@dataclasses.dataclass
+class OpenRound:
+    round: int
+    selected: dict[int, int]                   # client id -> slot
+    steps: dict[int, int]                      # client id -> local steps asked for
+    received: dict[int, wire.Update] = dataclasses.field(default_factory=dict)
+    unreachable: set[int] = dataclasses.field(default_factory=set)
+    open: bool = True
+
+
+class Coordinator:
+    """Registry, round bookkeeping and the remote half of each round (thread-safe).
+
+    Args:
+      sim: the :class:`RemoteSimulation`; its ``train_remote`` is set here.
+      token: the shared token (default ``$FSJAX_TOKEN``; ``""`` = none).
+      round_timeout: seconds a round waits for the selected clients.
+      register_timeout: seconds to wait for all clients before round 1.
+      push_timeout: seconds for each ``POST /train`` to a client.
+      max_bytes: body size limit (default: twice the params' size plus 64 KiB).
+    """
+
+    def __init__(self, sim: RemoteSimulation, *, token: str | None = None,
+                 round_timeout: float = 60.0, register_timeout: float = 300.0,
+                 push_timeout: float = 5.0, max_bytes: int | None = None):
+        if round_timeout <= 0 or register_timeout < 0:
+            raise ValueError(f"round_timeout={round_timeout}, register_timeout="
+                             f"{register_timeout}: expected > 0 and >= 0 seconds")
+        self.sim = sim
+        sim.train_remote = self.train_round
+        self.config = sim.config
+        self.num_clients = sim.num_clients
+        self.token = web.resolve_token(token)
+        self.round_timeout = round_timeout
+        self.register_timeout = register_timeout
+        self.push_timeout = push_timeout
+        params = models.init_params(sim.model, jax.random.PRNGKey(0), sim.dataset.image_shape)
+        self.template = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), params)
+        self.max_bytes = max_bytes or wire.default_max_bytes(self.template)
+        self._n = np.asarray(sim.data.n)
+        self._hist = np.asarray(sim.data.label_hist)
+        self.cond = threading.Condition()
+        self.clients: dict[int, ClientRecord] = {}
+        self.current: OpenRound | None = None
+        self.model_bytes: bytes | None = None
+        self.model_round = 0
+        self.last_metrics: dict[str, float] = {}
+        self.done = False
+        self.error: str | None = None
+        self.stopping = False
+        self._waited = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, min(32, sim.num_slots)), thread_name_prefix="fsjax-push")
+
+    # ------------------------------------------------------------ handlers
+
+    def register(self, body: dict) -> dict:
+        web.check_fields(body, ("client_id", "num_examples", "label_histogram", "url"))
+        cid = self._client_id(body)
+        n = web.int_field(body, "num_examples", lo=0)
+        hist = body.get("label_histogram")
+        L = self._hist.shape[1]
+        try:
+            if not (isinstance(hist, list) and len(hist) == L and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in hist)):
+                raise ValueError
+            counts = np.asarray(hist, np.float64)
+        except (ValueError, OverflowError):
+            raise web.ApiError(400, f"field 'label_histogram': expected a list of {L} "
+                               "counts") from None
+        url = web.url_field(body, "url")
+        if n != int(self._n[cid]) or not np.array_equal(counts, self._hist[cid]):
+            raise web.ApiError(422, f"client {cid} reports {n} examples with label counts "
+                               f"{hist}; the server's partition gives it {int(self._n[cid])} "
+                               f"with {self._hist[cid].astype(int).tolist()} (same config "
+                               "and seed on both sides?)")
+        with self.cond:
+            rec = self.clients.get(cid)
+            if rec is not None and rec.url != url:
+                raise web.ApiError(409, f"client id {cid} is already registered from "
+                                   f"{rec.url}; refusing {url}")
+            new = rec is None
+            self.clients[cid] = rec or ClientRecord(url, n)
+            self.clients[cid].last_seen = time.time()
+            self.cond.notify_all()
+        if new:
+            log.info("client %d registered from %s (%d/%d)", cid, url, len(self.clients),
+                     self.num_clients)
+        return {"ok": True, "client_id": cid, "num_clients": self.num_clients,
+                "round": self.model_round}
+
+    def report_status(self, body: dict) -> dict:
+        web.check_fields(body, ("client_id", "available", "latency"))
+        cid = self._client_id(body)
+        available = web.bool_field(body, "available")
+        latency = web.float_field(body, "latency", lo=0.0, required=False)
+        with self.cond:
+            rec = self._registered(cid)
+            rec.available, rec.last_seen = available, time.time()
+            if latency is not None:
+                rec.latency = latency
+            return {"ok": True, "round": self.model_round, "done": self.done}
+
+    def model(self) -> bytes:
+        with self.cond:
+            if self.model_bytes is None:
+                raise web.ApiError(409, "no model yet: the first round has not started")
+            return self.model_bytes
+
+    def submit_update(self, data: bytes) -> dict:
+        try:
+            upd = wire.decode_update(data, self.template, self.max_bytes)
+        except wire.WireError as err:
+            raise web.ApiError(err.status, str(err)) from None
+        cid = upd.client_id
+        if cid >= self.num_clients:
+            raise web.ApiError(404, f"unknown client id {cid}: this experiment has clients "
+                               f"0..{self.num_clients - 1}")
+        with self.cond:
+            self._registered(cid)
+            cur = self.current
+            if cur is None or upd.round != cur.round:
+                now = cur.round if cur else 0
+                kind = "stale" if upd.round < now else "future"
+                raise web.ApiError(409, f"update for round {upd.round} is {kind}: the "
+                                   f"current round is {now}")
+            if not cur.open:
+                raise web.ApiError(409, f"update for round {upd.round} is stale: the round "
+                                   "has closed (deadline passed)")
+            if cid not in cur.selected:
+                raise web.ApiError(403, f"client {cid} was not selected in round {cur.round}")
+            if cid in cur.received:
+                raise web.ApiError(409, f"client {cid} already sent its update for round "
+                                   f"{cur.round}")
+            if upd.num_examples != self.clients[cid].num_examples:
+                raise web.ApiError(422, f"update num_examples={upd.num_examples}; client "
+                                   f"{cid} registered {self.clients[cid].num_examples}")
+            if upd.steps > cur.steps[cid]:
+                raise web.ApiError(422, f"update steps={upd.steps}; round {cur.round} asked "
+                                   f"client {cid} for {cur.steps[cid]}")
+            cur.received[cid] = upd
+            self.cond.notify_all()
+            return {"ok": True, "round": cur.round, "received": len(cur.received),
+                    "selected": len(cur.selected)}
+
+    def status(self) -> dict:
+        with self.cond:
+            cur = self.current
+            return {
+                "round": self.model_round, "rounds": self.config.rounds, "done": self.done,
+                "error": self.error, "num_clients": self.num_clients,
+                "registered": {str(c): dataclasses.asdict(r) for c, r in
+                               sorted(self.clients.items())},
+                "open_round": None if cur is None else {
+                    "round": cur.round, "open": cur.open, "selected": sorted(cur.selected),
+                    "received": sorted(cur.received), "unreachable": sorted(cur.unreachable)},
+                "last_metrics": web.finite_or_none(self.last_metrics)}
+
+    def _client_id(self, body: dict) -> int:
+        cid = web.int_field(body, "client_id")
+        if not 0 <= cid < self.num_clients:
+            raise web.ApiError(404, f"unknown client id {cid}: this experiment has clients "
+                               f"0..{self.num_clients - 1}")
+        return cid
+
+    def _registered(self, cid: int) -> ClientRecord:
+        rec = self.clients.get(cid)
+        if rec is None:
+            raise web.ApiError(404, f"client {cid} is not registered")
+        return rec
+
+    # ------------------------------------------------------------- rounds
+
+    def open_round(self, round_: int, params: Any, selected: dict[int, int],
+                   steps: dict[int, int]) -> None:
+        """Serves ``params`` as round ``round_``'s model and accepts its updates."""
+        model = wire.encode_model(params, round_)
+        with self.cond:
+            self.model_bytes, self.model_round = model, round_
+            self.current = OpenRound(round_, dict(selected), dict(steps))
+
+    def close_round(self) -> OpenRound:
+        with self.cond:
+            cur = self.current
+            cur.open = False
+            return cur
+
+    def stop(self) -> None:
+        """Makes the round thread raise :class:`ServerStopped` at its next wait."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def wait_for_clients(self) -> None:
+        """Blocks until every client registered or ``register_timeout`` passed."""
+        deadline = time.monotonic() + self.register_timeout
+        with self.cond:
+            while len(self.clients) < self.num_clients and not self.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(min(left, 1.0))
+            if self.stopping:
+                raise ServerStopped("server stopped")
+            missing = sorted(set(range(self.num_clients)) - set(self.clients))
+        if len(missing) == self.num_clients:
+            raise ValueError(f"no client registered within {self.register_timeout:g} s")
+        if missing:
+            log.warning("starting without clients %s (not registered after %g s); they "
+                        "fail when selected", missing, self.register_timeout)
+
+    def _push(self, cid: int, job: dict) -> None:
+        with self.cond:
+            rec = self.clients.get(cid)
+        try:
+            if rec is None:
+                raise web.Unavailable("not registered")
+            web.with_backoff(
+                lambda: web.call("POST", f"{rec.url}/train", body=job, token=self.token,
+                                 timeout=self.push_timeout),
+                what=f"push round {job['round']} to client {cid}", give_up_after=1.0,
+                first_delay=0.1)
+        except Exception as err:  # noqa: BLE001 - any failure means no update is coming
+            log.warning("round %d: client %d unreachable: %s", job["round"], cid, err)
+            with self.cond:
+                if self.current is not None and self.current.round == job["round"]:
+                    self.current.unreachable.add(cid)
+                    self.cond.notify_all()
+
+    def train_round(self, state, plan):
+        """The remote half of a round: push, wait, collect (``RemoteSimulation.train_remote``)."""
+        if not self._waited:
+            self.wait_for_clients()
+            self._waited = True
+        round_ = int(state.round) + 1
+        slots, valid, steps, keys = (np.asarray(plan[k]) for k in ("slots", "valid", "steps",
+                                                                   "keys"))
+        selected = {int(slots[k]): k for k in np.flatnonzero(valid)}
+        asked = {c: int(steps[k]) for c, k in selected.items()}
+        self.open_round(round_, jax.device_get(state.params), selected, asked)
+        t0 = time.monotonic()
+        for cid, k in selected.items():
+            job = {"round": round_, "client_id": cid, "steps": int(steps[k]),
+                   "key": [int(v) for v in np.asarray(keys[k]).reshape(-1)]}
+            self._pool.submit(self._push, cid, job)
+        deadline = t0 + self.round_timeout
+        with self.cond:
+            cur = self.current
+            while not self.stopping and len(cur.received) + len(
+                    cur.unreachable - set(cur.received)) < len(selected):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            if self.stopping:
+                raise ServerStopped("server stopped")
+        cur = self.close_round()
+        missing = sorted(set(selected) - set(cur.received))
+        if missing:
+            log.warning("round %d: no update from clients %s after %.1f s (counted as failed)",
+                        round_, missing, time.monotonic() - t0)
+        return self._result(cur, len(slots)), np.asarray(
+            [bool(valid[k]) and int(slots[k]) in cur.received for k in range(len(slots))])
+
+    def _result(self, cur: OpenRound, num_slots: int) -> local.LocalResult:
+        deltas = [self.template] * num_slots
+        loss, loss0 = np.zeros(num_slots, np.float32), np.zeros(num_slots, np.float32)
+        steps = np.zeros(num_slots, np.int32)
+        for cid, upd in cur.received.items():
+            k = cur.selected[cid]
+            deltas[k] = upd.delta
+            loss[k], loss0[k], steps[k] = upd.loss, upd.loss0, upd.steps
+        delta = jax.tree.map(lambda *xs: np.stack(xs), *deltas)
+        return local.LocalResult(delta, loss, loss0, steps)
+
+    def shutdown(self) -> None:
+        """Stops the push threads (pending pushes are dropped)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def callback(self) -> "simulation.Callback":
+        """The run callback that publishes metrics and the end of the run."""
+        return _StatusCallback(self)
+
+
+class _StatusCallback(simulation.Callback):
+    def __init__(self, coord: Coordinator):
+        self.coord = coord
+
+    def on_round(self, sim, round_index, metrics, state) -> None:
+        with self.coord.cond:
+            self.coord.last_metrics = dict(metrics)
+
+    def on_end(self, sim, history) -> None:
+        model = wire.encode_model(history.params, int(history.state.round))
+        with self.coord.cond:
+            self.coord.model_bytes, self.coord.model_round = model, int(history.state.round)
+            self.coord.done = True
+
+    def on_error(self, sim, error) -> None:
+        with self.coord.cond:
+            self.coord.done = True
+            self.coord.error = f"{type(error).__name__}: {error}"
+
+
+# ------------------------------------------------------------------- the app
+
+
+def create_app(config: ExperimentConfig, coordinator: Coordinator | None = None, **kwargs):
+    """The server's Flask app.
+
+    Args:
+      config: the experiment config.
+      coordinator: an existing :class:`Coordinator` (built from ``config`` and
+        ``kwargs`` when omitted; the round loop is not started here, see
+        :func:`serving.launch.serve`).
+
+    Returns:
+      A Flask app; ``app.extensions["fsjax"]`` is the coordinator.
+    """
+    from flask import Flask, Response, jsonify, request
+
+    coord = coordinator or Coordinator(RemoteSimulation(config), **kwargs)
+    app = Flask("fsjax-server")
+    app.config["MAX_CONTENT_LENGTH"] = coord.max_bytes
+    app.extensions["fsjax"] = coord
+    web.install_error_handlers(app)
+
+    @app.get("/health")
+    def health():
+        return jsonify(ok=True, round=coord.model_round, done=coord.done,
+                       registered=len(coord.clients), num_clients=coord.num_clients)
+
+    @app.post("/register")
+    def register():
+        web.check_token(coord.token)
+        return jsonify(coord.register(web.json_body()))
+
+    @app.post("/status")
+    def post_status():
+        web.check_token(coord.token)
+        return jsonify(coord.report_status(web.json_body()))
+
+    @app.get("/status")
+    def get_status():
+        return jsonify(coord.status())
+
+    @app.get("/model")
+    def model():
+        web.check_token(coord.token)
+        return Response(coord.model(), mimetype=web.MSGPACK)
+
+    @app.post("/update")
+    def update():
+        web.check_token(coord.token)
+        return jsonify(coord.submit_update(request.get_data(cache=False)))
+
+    return app
