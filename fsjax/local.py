@@ -5,8 +5,9 @@ Mini-batches are drawn inside the compiled code: every epoch is a fresh random
 permutation of the valid rows, and step ``s`` takes the ``batch_size`` rows at
 positions ``s*B .. s*B+B-1`` of the concatenated epochs, so ``max_steps *
 batch_size <= n`` visits each example at most once. The number of steps is
-data (``steps <= max_steps``): later steps are skipped with ``lax.cond`` (a
-select under ``vmap``), so per-client step counts never recompile.
+data (``steps <= max_steps``): the step loop runs ``steps`` times (under
+``vmap``, to the largest count with finished clients masked), so per-client
+step counts never recompile.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax
@@ -76,10 +77,11 @@ def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation
       apply_fn: ``apply_fn(params, x) -> logits`` (e.g. a Flax ``model.apply``).
       optimizer: the client optimizer; its state starts fresh every round.
       batch_size: examples per step.
-      max_steps: static upper bound on steps; the scan length.
+      max_steps: static upper bound on steps.
       mu: FedProx proximal weight: adds ``mu/2 * ||w - w_global||^2`` to the loss.
-      unroll: ``lax.scan`` unroll (``True`` = fully unrolled; needed on XLA:CPU
-        for XLA convolutions, not for ``conv="im2col"``).
+      unroll: ``1`` (default): a loop of ``steps`` iterations; otherwise the
+        ``lax.scan`` unroll over ``max_steps`` (``True`` = fully unrolled; needed
+        on XLA:CPU for XLA convolutions, not for ``conv="im2col"``).
 
     Returns:
       A pure function, jittable and vmappable over (shard, steps, key).
@@ -117,8 +119,15 @@ def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation
             return jax.lax.cond(s < steps, do_step, lambda c, _: c, carry, s), None
 
         init = (params, optimizer.init(params), jnp.float32(0.0), jnp.float32(0.0))
-        (trained, _, loss_sum, loss0), _ = jax.lax.scan(
-            step, init, jnp.arange(max_steps), unroll=unroll)
+        if unroll is False or (unroll is not True and unroll == 1):
+            # A loop of exactly `steps` iterations. The scan below skips steps
+            # with a lax.cond whose pass-through branch made XLA:CPU copy the
+            # params every step (2-5% of a client's time on CPU; bench/README.md).
+            trained, _, loss_sum, loss0 = jax.lax.fori_loop(
+                0, steps, lambda s, carry: do_step(carry, s), init)
+        else:  # unrolling needs a static trip count
+            (trained, _, loss_sum, loss0), _ = jax.lax.scan(
+                step, init, jnp.arange(max_steps), unroll=unroll)
         delta = jax.tree.map(jnp.subtract, trained, params)
         mean_loss = loss_sum / jnp.maximum(steps, 1)
         return LocalResult(delta, mean_loss, loss0, steps)

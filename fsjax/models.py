@@ -56,8 +56,20 @@ def _normalise(x: jax.Array, mean, std) -> jax.Array:
     return x
 
 
+# Below this many features per kernel row (kw * Ci), one product over whole
+# patches is faster; from it on, one product per kernel row (see im2col_conv).
+_ROW_PATCH_MIN_FEATURES = 64
+
+
 def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """SAME, stride-1 convolution as patches @ kernel.
+
+    Narrow inputs (``kw * Ci < 64``, e.g. RGB images) use whole patches: one
+    product ``[B*H*W, kh*kw*Ci] @ [kh*kw*Ci, Co]``. Wider inputs use patches of
+    one kernel row (``kw * Ci`` features) and sum ``kh`` products over the row
+    offsets: a ``kh`` times smaller patch array to build, and to fold back in
+    the backward pass (about 4% less time per client for the CIFAR-10 CNN on
+    XLA:CPU; bench/README.md).
 
     Args:
       x: f32[B, H, W, Ci].
@@ -69,10 +81,16 @@ def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     kh, kw, ci, co = kernel.shape
     b, h, w, _ = x.shape
     xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    # Patch feature order (i, j, c) matches kernel.reshape(kh*kw*ci, co).
-    patches = jnp.concatenate(
-        [xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
-    out = patches.reshape(b * h * w, kh * kw * ci) @ kernel.reshape(kh * kw * ci, co)
+    if kw * ci < _ROW_PATCH_MIN_FEATURES:
+        # Patch feature order (i, j, c) matches kernel.reshape(kh*kw*ci, co).
+        patches = jnp.concatenate(
+            [xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+        out = patches.reshape(b * h * w, kh * kw * ci) @ kernel.reshape(kh * kw * ci, co)
+        return out.reshape(b, h, w, co)
+    # Row patches [B, H+kh-1, W, kw*ci]; feature order (j, c) matches kernel[i].reshape.
+    rows = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(kw)], axis=-1)
+    out = sum(rows[:, i:i + h].reshape(b * h * w, kw * ci) @ kernel[i].reshape(kw * ci, co)
+              for i in range(kh))
     return out.reshape(b, h, w, co)
 
 
