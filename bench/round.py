@@ -299,49 +299,29 @@ class FsjaxBench:
                 result = train(params, shards, keys)
                 params, server_state, loss = post(params, server_state, result, shards)
                 return (params, server_state), loss
+        elif resolved[0] == "chunked":  # as fsjax.simulation runs it: reduce while training
+            agg, lt, steps = self.aggregator, self.local_train, self.s.local_steps
+
+            @jax.jit
+            def whole(params, server_state, data, slots, r):
+                shards, keys = gather(data, slots, r)
+                weights = shards.n.astype(jnp.float32)
+                sums, h, stats = engine.train_and_reduce(
+                    lt, params, shards, jnp.full(keys.shape[:1], steps, jnp.int32), keys,
+                    lambda i, res: weights[i], agg.client_terms, chunk_size=resolved[1])
+                params, server_state = agg.finish(server_state, params, sums, h)
+                return params, server_state, jnp.mean(stats.loss)
         else:
             @jax.jit
             def whole(params, server_state, data, slots, r):
                 shards, keys = gather(data, slots, r)
                 return aggregate(params, server_state, train(params, shards, keys), shards)
-
+        if resolved[0] != "loop":
             def run(state, data, slots, r):
                 params, server_state, loss = whole(*state, data, slots, r)
                 return (params, server_state), loss
         self._rounds[resolved] = run
         return run, False
-
-    def fused_round_fn(self) -> Callable:
-        """PROTOTYPE, not part of fsjax: ``chunked(1)`` with FedAvg's weighted sum
-        accumulated in the loop over clients, so no ``[K, params]`` stack of
-        deltas is built. It measures what an engine-level reduction would give
-        (bench/README.md); it never counts as an fsjax mode."""
-        if ("fused", 1) in self._rounds:
-            return self._rounds[("fused", 1)]
-        gather = self._pieces("chunked", 1)[0]
-        lt, steps = self.local_train, self.s.local_steps
-
-        @jax.jit
-        def whole(params, server_state, data, slots, r):
-            shards, keys = gather(data, slots, r)
-            w = shards.n.astype(jnp.float32)
-            w = w / jnp.maximum(jnp.sum(w), 1.0)
-
-            def one(acc, args):
-                shard, key, wk = args
-                res = lt(params, shard, jnp.int32(steps), key)
-                return jax.tree.map(lambda a, d: a + wk * d, acc, res.delta), res.loss
-
-            acc, losses = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params),
-                                       (shards, keys, w))
-            return jax.tree.map(jnp.add, params, acc), server_state, jnp.mean(losses)
-
-        def run(state, data, slots, r):
-            params, server_state, loss = whole(*state, data, slots, r)
-            return (params, server_state), loss
-
-        self._rounds[("fused", 1)] = run
-        return run
 
     def init_state(self):
         params = jax.tree.map(jnp.array, self.params)   # a fresh copy per configuration
@@ -354,21 +334,15 @@ class FsjaxBench:
         (Measured: chunked(1) at K=1000 peaked at 18.4 GiB RSS on CPU.)"""
         per_client = 4 * self.n_params
         act = 4 * self.s.batch_size * int(np.prod(self.s.image_shape)) * 40
-        if mode == "fused":
-            return 4 * per_client + act
         mode, chunk_size = engine.resolve_mode(mode, chunk_size)
         at_once = {"vmap": k, "chunked": chunk_size or 1, "loop": 1}[mode]
+        if mode == "chunked":  # reduced while training: no K-stacked deltas
+            return 4 * per_client + at_once * (3 * per_client + act)
         return k * per_client * (3 if mode == "loop" else 2) + at_once * (3 * per_client + act)
 
     def measure(self, label: str, mode: str, chunk_size: int | None, data, schedule,
                 repeats: int, section: str, total: int) -> Measurement:
         k = len(schedule[0])
-        if mode == "fused":
-            m = Measurement(section, PROTOTYPE, label, total, k,
-                            note="prototype, not an fsjax mode; not in speedup_vs_torch")
-            time_rounds(lambda st, r, slots: self.fused_round_fn()(st, data, slots, jnp.int32(r)),
-                        self.init_state(), schedule, repeats, m)
-            return m
         m = Measurement(section, "fsjax", label, total, k)
         run, _ = self.round_fn(mode, chunk_size)
         resolved = engine.resolve_mode(mode, chunk_size)
@@ -379,10 +353,6 @@ class FsjaxBench:
         time_rounds(lambda st, r, slots: run(st, data, slots, jnp.int32(r)),
                     self.init_state(), schedule, repeats, m)
         return m
-
-
-PROTOTYPE = "prototype"
-FUSED_CFG = ("chunked(1)+fused avg*", "fused", 1)
 
 
 def _label(mode: str, chunk_size: int | None) -> str:
@@ -497,8 +467,7 @@ def plot(path: Path, ms: list[Measurement]) -> None:
     for mode, pts in by_mode.items():
         pts = sorted({p.clients_per_round: p for p in pts}.values(),
                      key=lambda p: p.clients_per_round)
-        style = (dict(color="black", linestyle="--") if pts[0].framework == "torch" else
-                 dict(color="gray", linestyle=":") if pts[0].framework == PROTOTYPE else {})
+        style = dict(color="black", linestyle="--") if pts[0].framework == "torch" else {}
         ax.loglog([p.clients_per_round for p in pts], [p.median for p in pts], marker="o",
                   label=mode, **style)
     ax.set_xlabel("clients per round")
@@ -564,7 +533,7 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
         configs = [c for c in configs if c[1] in modes or c[0] in modes]
         if not configs:
             raise ValueError(f"modes={modes}: expected at least one of vmap, chunked, loop, "
-                             "auto (fused is only an extra row)")
+                             "auto")
 
     results: list[Measurement] = []
     main: list[Measurement] = []
@@ -573,8 +542,7 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
         tm = tbench.measure(x, y, n, sched, s.repeats, "main", s.num_clients)
         torch_median = tm.median
         main.append(tm)
-    extras = [FUSED_CFG] if not modes or "fused" in modes else []
-    for label, mode, cs in configs + extras:
+    for label, mode, cs in configs:
         main.append(fs.measure(label, mode, cs, data, sched, s.repeats, "main", s.num_clients))
         print(f"  measured {label}: {main[-1].median:.3f} s/round", file=sys.stderr, flush=True)
     results += main
@@ -586,10 +554,6 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
     torch_by_k = {k: torch_median}
     print_table(f"Round time at {k} clients/round ({s.num_clients} clients); "
                 "speedup = torch/fsjax, > 1 = fsjax faster", main, torch_by_k)
-    if extras:
-        print(f"  * {FUSED_CFG[0]}: a prototype in this script, not an fsjax mode: chunked(1) "
-              "with FedAvg's weighted sum kept in the client loop (no [K, params] stack of "
-              "deltas); it shows what an engine-level reduction would give")
 
     # ---- scaling in clients per round
     scal: list[Measurement] = []
@@ -607,7 +571,7 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
                            "the full settings run it)")
             continue
         sch = schedules(s, s.num_clients, kk, s.scaling_repeats + 1)
-        run_cfgs = (configs if kk <= s.all_modes_max_k else [best_cfg]) + extras
+        run_cfgs = configs if kk <= s.all_modes_max_k else [best_cfg]
         if kk > s.all_modes_max_k:
             skipped.append(f"K={kk}: all modes but the best at K={k} ({best_cfg[0]}) and "
                            f"torch (time budget: every mode only up to K={s.all_modes_max_k})")
@@ -696,7 +660,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--repeats", type=int, help="timed rounds per configuration")
     p.add_argument("--modes", nargs="+",
-                   help="only these modes (vmap chunked loop auto fused)")
+                   help="only these modes (vmap chunked loop auto)")
     p.add_argument("--torch-device", help="torch's device (default: cuda if available, else cpu)")
     a = p.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):

@@ -1,16 +1,26 @@
 """Server-side aggregation of client updates: FedAvg, FedProx, q-FFL.
 
-An :class:`Aggregator` is a pair of pure functions, like an optax transform:
+Every aggregator here is a ratio of sums over clients: client k contributes a
+coefficient ``c_k`` (times its delta) and a normaliser ``h_k``, and the
+server's step is ``sum_k c_k * delta_k / sum_k h_k``. An :class:`Aggregator`
+holds pure functions, like an optax transform:
 
 - ``init(params) -> state``: the server optimizer's state.
-- ``apply(state, params, deltas, weights, losses) -> (params, state)`` with
-  ``deltas`` a params pytree with a leading K axis (client minus global),
-  ``weights`` f32[K] (examples per client, already zero for invalid, failed or
-  dropped slots) and ``losses`` f32[K] (loss of the global model on each
-  client's data, used by q-FFL).
+- ``client_terms(delta, weight, loss) -> (c, h)``: ONE client's share, from its
+  delta (client minus global params), its weight (examples, already 0 for
+  invalid, failed or dropped slots) and the loss of the global model on its
+  data (q-FFL's F_k).
+- ``finish(state, params, sum_c_delta, sum_h) -> (params, state)``: the
+  server step from the two sums.
+- ``apply(state, params, deltas, weights, losses) -> (params, state)``: the
+  same over K stacked clients (deltas with a leading K axis).
 
-The averaged update is treated as a negative pseudo-gradient and passed to an
-optax server optimizer (Reddi et al. 2021, "Adaptive Federated Optimization"):
+Because a client's share depends on that client alone, the engine can reduce
+clients as it trains them (``engine.train_and_reduce``) instead of stacking K
+deltas: memory stays at one model per chunk of clients, whatever K.
+
+The step is treated as a negative pseudo-gradient and passed to an optax
+server optimizer (Reddi et al. 2021, "Adaptive Federated Optimization"):
 ``sgd(1.0)`` gives plain FedAvg, ``momentum`` FedAvgM, ``adam`` FedAdam. When
 every weight is zero (nobody reported back) params and state stay unchanged.
 
@@ -30,8 +40,10 @@ import optax
 
 
 class Aggregator(NamedTuple):
-    init: Callable    # init(params) -> state
-    apply: Callable   # apply(state, params, deltas[K], weights f32[K], losses f32[K]) -> (params, state)
+    init: Callable          # init(params) -> state
+    apply: Callable         # apply(state, params, deltas[K], weights f32[K], losses f32[K]) -> (params, state)
+    client_terms: Callable  # client_terms(delta, weight f32[], loss f32[]) -> (c f32[], h f32[])
+    finish: Callable        # finish(state, params, sum_c_delta, sum_h f32[]) -> (params, state)
 
 
 def server_optimizer(name: str = "sgd", lr: float = 1.0, momentum: float = 0.9,
@@ -56,36 +68,41 @@ def server_optimizer(name: str = "sgd", lr: float = 1.0, momentum: float = 0.9,
     raise ValueError(f"server optimizer={name!r}: expected 'sgd', 'momentum' or 'adam'")
 
 
-def _weighted_mean(deltas, weights):
-    total = jnp.sum(weights)
-    w = weights / jnp.where(total > 0, total, 1.0)
-    return jax.tree.map(lambda d: jnp.tensordot(w, jnp.where(
-        (weights > 0).reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0), axes=1), deltas)
+def _make(opt: optax.GradientTransformation, client_terms: Callable) -> Aggregator:
+    """An aggregator from its per-client terms: the server step is sum(c delta) / sum(h)."""
 
+    def finish(state, params, sum_c_delta, sum_h):
+        any_weight = sum_h > 0
+        step = jax.tree.map(lambda t: t / jnp.where(any_weight, sum_h, 1.0), sum_c_delta)
+        grads = jax.tree.map(jnp.negative, step)
+        updates, new_state = opt.update(grads, state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(any_weight, a, b), new, old)
+        return keep(new_params, params), keep(new_state, state)
 
-def _server_step(opt, state, params, update, any_weight):
-    """Applies ``update`` (a step direction) through the server optimizer."""
-    grads = jax.tree.map(jnp.negative, update)
-    updates, new_state = opt.update(grads, state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(any_weight, a, b), new, old)
-    return keep(new_params, params), keep(new_state, state)
+    def apply(state, params, deltas, weights, losses):
+        c, h = jax.vmap(client_terms)(deltas, jnp.asarray(weights, jnp.float32),
+                                      jnp.asarray(losses, jnp.float32))
+        sum_c_delta = jax.tree.map(lambda d: jnp.sum(
+            jnp.where((c > 0).reshape((-1,) + (1,) * (d.ndim - 1)),
+                      c.reshape((-1,) + (1,) * (d.ndim - 1)) * d, 0.0), axis=0), deltas)
+        return finish(state, params, sum_c_delta, jnp.sum(h))
+
+    return Aggregator(opt.init, apply, client_terms, finish)
 
 
 def fedavg(opt: optax.GradientTransformation | None = None) -> Aggregator:
     """FedAvg (McMahan et al. 2017): example-weighted mean of client deltas.
 
-    Slots with weight 0 never enter the mean, even if their delta is NaN.
+    ``c_k = h_k = weight_k``. Slots with weight 0 never enter the mean, even if
+    their delta is NaN.
     """
-    opt = opt or optax.sgd(1.0)
 
-    def apply(state, params, deltas, weights, losses):
-        del losses
-        weights = jnp.asarray(weights, jnp.float32)
-        update = _weighted_mean(deltas, weights)
-        return _server_step(opt, state, params, update, jnp.sum(weights) > 0)
+    def client_terms(delta, weight, loss):
+        del delta, loss
+        return weight, weight
 
-    return Aggregator(opt.init, apply)
+    return _make(opt or optax.sgd(1.0), client_terms)
 
 
 def fedprox(opt: optax.GradientTransformation | None = None) -> Aggregator:
@@ -105,9 +122,10 @@ def qffl(q: float = 1.0, lipschitz: float = 10.0,
         h_k     = q * F_k^(q-1) * ||dw_k||^2 + L * F_k^q
         w_new   = w - sum_k Delta_k / sum_k h_k
 
-    Larger ``q`` gives clients with higher loss more weight; ``q = 0`` is the
-    unweighted mean of the deltas (FedAvg with equal weights). Weights only
-    mask slots (> 0 counts); q-FFL does not weight by examples.
+    so ``c_k = L * F_k^q``. Larger ``q`` gives clients with higher loss more
+    weight; ``q = 0`` is the unweighted mean of the deltas (FedAvg with equal
+    weights). Weights only mask slots (> 0 counts); q-FFL does not weight by
+    examples.
 
     Args:
       q: fairness parameter, >= 0.
@@ -118,23 +136,17 @@ def qffl(q: float = 1.0, lipschitz: float = 10.0,
         raise ValueError(f"q={q}: expected q >= 0")
     if lipschitz <= 0:
         raise ValueError(f"lipschitz={lipschitz}: expected L > 0")
-    opt = opt or optax.sgd(1.0)
 
-    def apply(state, params, deltas, weights, losses):
-        mask = jnp.asarray(weights) > 0
-        f = jnp.where(mask, jnp.maximum(losses, 1e-10), 1.0)
-        clean = jax.tree.map(lambda d: jnp.where(
-            mask.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0), deltas)
-        sq = sum(jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=1)
-                 for d in jax.tree.leaves(clean)) * lipschitz ** 2
-        fq = f ** q
-        h = jnp.where(mask, q * f ** (q - 1) * sq + lipschitz * fq, 0.0)
-        scale = jnp.where(mask, fq * lipschitz, 0.0) / jnp.maximum(jnp.sum(h), 1e-30)
-        # w - sum(F^q * -L * delta) / sum(h)  ==  w + sum(scale_k * delta_k)
-        update = jax.tree.map(lambda d: jnp.tensordot(scale, d, axes=1), clean)
-        return _server_step(opt, state, params, update, jnp.any(mask))
+    def client_terms(delta, weight, loss):
+        mask = weight > 0
+        f = jnp.where(mask, jnp.maximum(loss, 1e-10), 1.0)
+        sq = sum(jnp.sum(jnp.square(jnp.where(mask, d, 0.0))) for d in jax.tree.leaves(delta))
+        sq = sq * lipschitz ** 2
+        c = jnp.where(mask, lipschitz * f ** q, 0.0)
+        h = jnp.where(mask, q * f ** (q - 1) * sq + lipschitz * f ** q, 0.0)
+        return c, h
 
-    return Aggregator(opt.init, apply)
+    return _make(opt or optax.sgd(1.0), client_terms)
 
 
 REGISTRY: dict[str, Callable[..., Aggregator]] = {"fedavg": fedavg, "fedprox": fedprox,

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +144,108 @@ def train_clients(local_train: Callable, params, shards: Shard, steps: jax.Array
 
 def finite_updates(result: LocalResult) -> jax.Array:
     """bool[K]: slots whose loss and every delta entry are finite."""
+    return jax.vmap(finite_update)(result)
+
+
+def finite_update(result: LocalResult) -> jax.Array:
+    """bool[]: one client's loss and every delta entry are finite."""
     ok = jnp.isfinite(result.loss) & jnp.isfinite(result.loss0)
     for leaf in jax.tree.leaves(result.delta):
-        ok &= jnp.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
+        ok &= jnp.isfinite(leaf).all()
     return ok
+
+
+class SlotStats(NamedTuple):
+    """Per-slot scalars of :func:`train_and_reduce` (a leading K axis)."""
+
+    loss: jax.Array     # f32[K]
+    loss0: jax.Array    # f32[K]
+    steps: jax.Array    # i32[K]
+    finite: jax.Array   # bool[K]
+    weight: jax.Array   # f32[K]  what ``weigh`` gave the slot (0 = left out)
+
+
+def train_and_reduce(local_train: Callable, params, shards: Shard, steps: jax.Array,
+                     keys: jax.Array, weigh: Callable, client_terms: Callable, *,
+                     chunk_size: int = 1, mesh: Mesh | None = None):
+    """Trains K slots a chunk at a time and sums their aggregation terms on the fly.
+
+    The memory-bounded form of :func:`train_clients` for aggregators that are a
+    ratio of per-client sums (all of :mod:`fsjax.aggregation`): no K-stacked
+    deltas are ever built, so memory is one model per chunk whatever K is. A
+    ``lax.scan`` runs over chunks of ``chunk_size`` slots (``vmap`` inside a
+    chunk); K is padded to a multiple of the chunk with weightless slots.
+
+    Args:
+      local_train: ``local_train(params, shard, steps, key) -> LocalResult``.
+      params: the global params.
+      shards, steps, keys: as :func:`train_clients` (leading K axis).
+      weigh: ``weigh(slot, result) -> f32[]``: a slot's aggregation weight
+        from its index in ``[0, K)`` and its (unstacked) LocalResult.
+      client_terms: ``client_terms(delta, weight, loss0) -> (c, h)``
+        (:attr:`fsjax.aggregation.Aggregator.client_terms`).
+      chunk_size: slots trained together.
+      mesh: optional ``"clients"`` mesh: each device reduces its share of the
+        slots, then the sums are added across devices.
+
+    Returns:
+      ``(sum_c_delta, sum_h, SlotStats)``: the inputs of the aggregator's
+      ``finish`` and per-slot scalars.
+    """
+    k = steps.shape[0]
+    index = jnp.arange(k)
+
+    def reduce(params, shards, steps, keys, index):
+        n = steps.shape[0]
+        c = max(1, min(chunk_size, n))
+        pad = -n % c
+        if pad:  # weightless copies of slot 0, trained for 0 steps
+            grow = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)])
+            shards, keys, steps = jax.tree.map(grow, shards), grow(keys), grow(steps)
+            steps = steps.at[n:].set(0)
+            index = jnp.concatenate([index, jnp.full(pad, -1, index.dtype)])
+
+        def one(acc, slot):
+            shard, st, key, i = slot
+            res = local_train(params, shard, st, key)
+            finite = finite_update(res)
+            w = jnp.where(i >= 0, weigh(i, res), 0.0)
+            c_k, h_k = client_terms(res.delta, w, res.loss0)
+            acc = (jax.tree.map(jnp.add, acc[0], _scaled(res.delta, c_k)), acc[1] + h_k)
+            return acc, SlotStats(res.loss, res.loss0, res.steps, finite, w)
+
+        def chunk(acc, slots):
+            if c == 1:
+                return one(acc, jax.tree.map(lambda a: a[0], slots))
+            results = jax.vmap(lambda s: one((zeros, 0.0), s))(slots)
+            (sums, hs), stats = results
+            acc = (jax.tree.map(lambda a, b: a + b.sum(0), acc[0], sums), acc[1] + hs.sum())
+            return acc, stats
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        split = lambda a: a.reshape(-1, c, *a.shape[1:])
+        (sum_c_delta, sum_h), stats = jax.lax.scan(
+            chunk, (zeros, jnp.float32(0.0)),
+            jax.tree.map(split, (shards, steps, keys, index)))
+        stats = jax.tree.map(lambda a: a.reshape(-1)[:n], stats)
+        return sum_c_delta, sum_h, stats
+
+    if mesh is None or mesh.size == 1:
+        return reduce(params, shards, steps, keys, index)
+    if k % mesh.shape[CLIENT_AXIS]:
+        raise ValueError(f"{k} client slots do not split over {mesh.shape[CLIENT_AXIS]} "
+                         "devices; round K up with engine.pad_slots")
+
+    def per_device(params, shards, steps, keys, index):
+        sums, hs, stats = reduce(params, shards, steps, keys, index)
+        return jax.lax.psum(sums, CLIENT_AXIS), jax.lax.psum(hs, CLIENT_AXIS), stats
+
+    slot = P(CLIENT_AXIS)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), slot, slot, slot, slot),
+                         out_specs=(P(), P(), slot), check_vma=False)(
+        params, shards, steps, keys, index)
+
+
+def _scaled(delta, c):
+    """``c * delta``, 0 where ``c == 0`` (a dropped NaN delta stays out of the sum)."""
+    return jax.tree.map(lambda d: jnp.where(c > 0, c * d, 0.0), delta)

@@ -300,28 +300,68 @@ class Simulation:
                                     plan["keys"], mode=self.mode, chunk_size=self.chunk_size,
                                     mesh=self.mesh)
 
+    def slot_weights(self, state: RoundState, plan, loss, finite, fd: FederatedData):
+        """Aggregation weight and failure of each slot, from its training loss.
+
+        Slot-wise throughout (slot k's verdict uses slot k's loss alone), so the
+        fused path can call it for one client at a time.
+
+        Returns:
+          ``(weight f32[K], failed bool[K])``: weight is the client's examples
+          when its update is used (valid, finite, not failed), else 0.
+        """
+        valid, slots = plan["valid"], plan["slots"]
+        failed, _ = self.failure.fails(state.fail_state, plan["k_fail"], slots,
+                                       jnp.where(finite, loss, jnp.inf))
+        failed = failed & valid & finite
+        ok = valid & finite & ~failed
+        return jnp.where(ok, fd.n[slots], 0).astype(jnp.float32), failed
+
     def finish_round(self, state: RoundState, plan, result: local.LocalResult,
                      fd: FederatedData, reported=None):
-        """Failure rule, aggregation, evaluation, selector update and metrics.
+        """Failure rule and aggregation of K stacked client results, then :meth:`_close`.
 
         Args:
           reported: optional bool[K], False for slots whose update never
             arrived (networked mode); they count as failed.
         """
-        slots, valid = plan["slots"], plan["valid"]
-        C = self.num_clients
         finite = engine.finite_updates(result)
-        failed, latency = self.failure.fails(state.fail_state, plan["k_fail"], slots,
-                                             jnp.where(finite, result.loss, jnp.inf))
-        failed = failed & valid & finite
         if reported is not None:
-            failed = failed | (valid & ~reported)
             finite = finite | ~reported
-        ok = valid & finite & ~failed
-        weights = jnp.where(ok, fd.n[slots], 0).astype(jnp.float32)
+        weights, failed = self.slot_weights(state, plan, result.loss, finite, fd)
+        if reported is not None:
+            failed = failed | (plan["valid"] & ~reported)
+            weights = jnp.where(reported, weights, 0.0)
         params, server_state = self.aggregator.apply(
             state.server_state, state.params, result.delta, weights, result.loss0)
+        stats = engine.SlotStats(result.loss, result.loss0, result.steps, finite, weights)
+        return self._close(state, plan, params, server_state, stats, failed, fd)
 
+    def _round_fused(self, state: RoundState, fd: FederatedData):
+        """A chunked round that sums client terms as it trains (no K-stacked deltas)."""
+        state, plan, shards = self.plan_round(state, fd)
+        k = plan["slots"].shape[0]
+
+        def weigh(i, res):
+            finite = engine.finite_update(res)
+            w, _ = self.slot_weights(state, plan, jnp.full(k, res.loss),
+                                     jnp.full(k, finite), fd)
+            return w[i]
+
+        sum_c_delta, sum_h, stats = engine.train_and_reduce(
+            self.local_train, state.params, shards, plan["steps"], plan["keys"], weigh,
+            self.aggregator.client_terms, chunk_size=self.chunk_size, mesh=self.mesh)
+        params, server_state = self.aggregator.finish(state.server_state, state.params,
+                                                      sum_c_delta, sum_h)
+        failed = plan["valid"] & stats.finite & (stats.weight == 0)
+        return self._close(state, plan, params, server_state, stats, failed, fd)
+
+    def _close(self, state: RoundState, plan, params, server_state, stats: engine.SlotStats,
+               failed, fd: FederatedData):
+        """Evaluation, selector and allocator updates, and the round's metrics."""
+        slots, valid = plan["slots"], plan["valid"]
+        ok = stats.weight > 0
+        C = self.num_clients
         rnd = state.round + 1
         due = (rnd % self.config.eval.every == 0) | (state.round == 0)
         ev = jax.lax.cond(
@@ -347,13 +387,13 @@ class Simulation:
             class_loss=ev.class_loss)
         n_ok = jnp.sum(ok)
         metrics.update(
-            train_loss=jnp.where(n_ok > 0, jnp.sum(jnp.where(ok, result.loss, 0.0))
+            train_loss=jnp.where(n_ok > 0, jnp.sum(jnp.where(ok, stats.loss, 0.0))
                                  / jnp.maximum(n_ok, 1), jnp.nan),
-            dropped_updates=jnp.sum(valid & ~finite).astype(jnp.float32),
+            dropped_updates=jnp.sum(valid & ~stats.finite).astype(jnp.float32),
             failed_updates=jnp.sum(failed).astype(jnp.float32),
             selected=jnp.sum(valid).astype(jnp.float32),
             available=jnp.sum(available).astype(jnp.float32),
-            local_steps=jnp.sum(jnp.where(valid, result.steps, 0)).astype(jnp.float32))
+            local_steps=jnp.sum(jnp.where(valid, stats.steps, 0)).astype(jnp.float32))
         new_state = state._replace(
             params=params, server_state=server_state, select_state=select_state,
             alloc_state=alloc_state, cum_utility=cum_utility, participation=participation,
@@ -363,6 +403,8 @@ class Simulation:
 
     def _round(self, state: RoundState, fd: FederatedData):
         self.trace_count += 1
+        if self.mode == "chunked":
+            return self._round_fused(state, fd)
         state, plan, shards = self.plan_round(state, fd)
         result = self._train(state.params, shards, plan)
         return self.finish_round(state, plan, result, fd)

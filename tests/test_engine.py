@@ -47,6 +47,26 @@ def test_modes_equal_loop(name, shape):
     assert all(float(jnp.abs(d[2]).max()) == 0 for d in jax.tree.leaves(ref.delta))
 
 
+@pytest.mark.parametrize("agg_name", ["fedavg", "qffl"])
+def test_train_and_reduce_equals_stacked_training_then_apply(agg_name):
+    from fsjax import aggregation
+    train, params, shards, steps, keys = _setup("mlp", k=5, shape=(8, 8, 3))
+    agg = aggregation.make(agg_name, **({"q": 1.5, "lipschitz": 5.0} if agg_name == "qffl" else {}))
+    weights = jnp.asarray([3.0, 0.0, 2.0, 5.0, 1.0])
+    ref = engine.train_clients(train, params, shards, steps, keys, mode="loop")
+    want, _ = agg.apply(agg.init(params), params, ref.delta, weights, ref.loss0)
+    weigh = lambda i, res: weights[i]
+    for chunk in (1, 2, 5):      # 2 pads 5 slots to 6 with a weightless copy
+        sums, h, stats = jax.jit(lambda *a, chunk=chunk: engine.train_and_reduce(
+            train, *a, weigh, agg.client_terms, chunk_size=chunk))(params, shards, steps, keys)
+        got, _ = agg.finish(agg.init(params), params, sums, h)
+        assert _max_diff(got, want) < 1e-5, chunk
+        np.testing.assert_allclose(stats.loss, ref.loss, atol=1e-5)
+        np.testing.assert_array_equal(stats.steps, ref.steps)
+        np.testing.assert_array_equal(stats.weight, weights)
+        assert stats.finite.all()
+
+
 def test_loop_equals_one_client_by_hand():
     """The loop reference against a hand-written SGD loop over the same batches."""
     train, params, shards, steps, keys = _setup("mlp", k=1, shape=(4, 4, 1), max_steps=3)
@@ -109,6 +129,18 @@ SHARDED = textwrap.dedent("""
         assert len(four.loss.sharding.device_set) == 4, four.loss.sharding
         assert _max_diff(one.delta, four.delta) < 1e-6, mode
         assert _max_diff(one.loss, four.loss) < 1e-6, mode
+    from fsjax import aggregation
+    agg = aggregation.fedavg()
+    w = jnp.arange(1.0, 9.0)
+    for chunk in (1, 2):
+        one = jax.jit(lambda *a: engine.train_and_reduce(
+            train, *a, lambda i, r: w[i], agg.client_terms, chunk_size=chunk))(
+            params, shards, steps, keys)
+        four = jax.jit(lambda *a: engine.train_and_reduce(
+            train, *a, lambda i, r: w[i], agg.client_terms, chunk_size=chunk, mesh=mesh))(
+            params, shards, steps, keys)
+        assert _max_diff(one[0], four[0]) < 1e-5 and abs(float(one[1] - four[1])) < 1e-4
+        np.testing.assert_array_equal(one[2].weight, four[2].weight)
     from fsjax import config, simulation
     hists = []
     for shard in (False, True):
