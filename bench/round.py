@@ -9,11 +9,10 @@ client deltas to the global weights. The selected clients of every round are
 drawn once (numpy) and used by every configuration, so all of them run the
 same rounds on the same data, back to back in one process.
 
-Besides the engine modes, one row marked ``*`` is a prototype kept in this
-script (``chunked(1)`` with FedAvg's weighted sum inside the client loop, so
-no ``[K, params]`` stack of deltas exists); it shows what an engine-level
-reduction would give and never counts in the ratio line. The torch baseline
-runs on CUDA when the installed torch has it (``--torch-device`` overrides).
+The chunked modes reduce client updates while training
+(``engine.train_and_reduce``), as ``fsjax.simulation`` runs them. The torch
+baseline runs on CUDA when the installed torch has it (``--torch-device``
+overrides).
 
 Timing rules: round 0 of every configuration is a warm-up (compilation,
 oneDNN set-up) reported separately as ``first``; the next ``repeats`` rounds
