@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import study
-from experiments.cpp_study import BASE, QUICK
+from experiments.cpp_study import BASE, QUICK, WINDOW
 
 ARMS = {
     "uniform steps": ["allocation.name=none"],
@@ -33,6 +33,7 @@ ARMS = {
     "equalizing": ["allocation.name=equalizing"],
 }
 VARIANTS = {"traces, fair_select": ["selection.name=fair_select"]}
+WINDOW_COLUMNS = ("accuracy_mean", "accuracy_jain", "utility_cv")
 COLUMNS = ("accuracy_mean", "accuracy_jain", "accuracy_variance", "utility_cv", "utility_jain",
            "test_accuracy")
 
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--tracking-uri", default=None, help="MLflow store; 'none' to skip MLflow")
     p.add_argument("--readme", action="store_true")
+    p.add_argument("--from-results", default=None, metavar="JSON",
+                   help="redo figures and tables from a results.json instead of running")
     args = p.parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     suffix = "_quick" if args.quick else ""
@@ -53,22 +56,30 @@ def main(argv=None) -> int:
     if args.quick:
         extra = QUICK + ["name=fairsynergy_loop", "allocation.min_steps=1",
                          "allocation.max_steps=9"]
-    t0 = time.perf_counter()
-    results = study.run_grid(BASE, ARMS, VARIANTS, seeds, out=out,
-                             experiment=f"fairsynergy_loop{suffix}",
-                             tracking_uri=args.tracking_uri, extra=extra)
-    wall = time.perf_counter() - t0
+    if args.from_results:
+        results, wall = study.load_results(args.from_results), None
+    else:
+        t0 = time.perf_counter()
+        results = study.run_grid(BASE, ARMS, VARIANTS, seeds, out=out,
+                                 experiment=f"fairsynergy_loop{suffix}",
+                                 tracking_uri=args.tracking_uri, extra=extra)
+        wall = time.perf_counter() - t0
     study.comparison_figures(results, ("accuracy_mean", "accuracy_jain", "utility_cv",
                                        "local_steps"), out / "figures", "loop_")
     table = study.markdown_table(results, COLUMNS)
+    steady = study.markdown_table(results, WINDOW_COLUMNS, window=WINDOW)
     compute = []
     for vname, arms in results.items():
         for aname, runs in arms.items():
             total = np.mean([np.sum(r["metrics"]["local_steps"]) for r in runs])
             secs = np.mean([r["seconds"] for r in runs])
             compute.append(f"| {aname} | {total:.0f} | {secs:.0f} |")
-    summary = (f"{sum(len(r) for a in results.values() for r in a.values())} runs, wall time "
-               f"{wall / 60:.1f} min.\n\n{table}\n| arm | total local steps | seconds per run |\n"
+    summary = (f"{sum(len(r) for a in results.values() for r in a.values())} runs, "
+               f"{study.time_note(results, wall)}.\n\nFinal values after the last round "
+               f"(mean ± std over seeds; `test_accuracy`: the global model on the test "
+               f"subset):\n\n{table}\n"
+               f"Averaged over each run's last {WINDOW} rounds (mean ± std over seeds):\n\n"
+               f"{steady}\n| arm | total local steps | seconds per run |\n"
                f"|---|---|---|\n" + "\n".join(compute) + "\n")
     (out / "table.md").write_text(summary)
     print(summary)

@@ -69,6 +69,20 @@ def run_grid(base: str | Path, arms: dict[str, Sequence[str]],
     return results
 
 
+def load_results(path: str | Path) -> dict:
+    """The ``results.json`` a grid wrote, to redo figures and tables without rerunning."""
+    return json.loads(Path(path).read_text())
+
+
+def time_note(results: dict, wall: float | None) -> str:
+    """``wall time N min``, or (report redone from a results file) the runs' summed time."""
+    if wall is not None:
+        return f"wall time {wall / 60:.1f} min"
+    total = sum(r["seconds"] for arms in results.values() for runs in arms.values()
+                for r in runs)
+    return f"the runs' times sum to {total / 60:.1f} min"
+
+
 def _last_finite(values) -> float:
     finite = [float(v) for v in values if not math.isnan(v)]
     return finite[-1] if finite else float("nan")
@@ -96,8 +110,20 @@ def comparison_figures(results: dict, metric_names: Sequence[str], out: Path,
     return paths
 
 
-def markdown_table(results: dict, columns: Sequence[str], digits: int = 3) -> str:
-    """Per variant, a table of the final value (mean ± std over seeds) per arm."""
+def run_value(run: dict, metric: str, window: int = 0) -> float:
+    """The run's final value of ``metric``, or with ``window`` the mean of its last
+    ``window`` finite per-round values (steadier where rounds swing, as with 5
+    non-IID clients a round)."""
+    if not window:
+        return run["final"][metric]
+    finite = [v for v in run["metrics"][metric] if not math.isnan(v)]
+    return float(np.mean(finite[-window:])) if finite else float("nan")
+
+
+def markdown_table(results: dict, columns: Sequence[str], digits: int = 3,
+                   window: int = 0) -> str:
+    """Per variant, a table of the final value (mean ± std over seeds) per arm;
+    with ``window``, of each run's mean over its last ``window`` rounds."""
     lines = []
     for vname, arms in results.items():
         lines += [f"**{vname}**", "",
@@ -106,7 +132,7 @@ def markdown_table(results: dict, columns: Sequence[str], digits: int = 3) -> st
         for aname, runs in arms.items():
             cells = []
             for c in columns:
-                v = np.array([r["final"][c] for r in runs], float)
+                v = np.array([run_value(r, c, window) for r in runs], float)
                 cells.append(f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1
                              else f"{v.mean():.{digits}f}")
             lines.append(f"| {aname} | " + " | ".join(cells) + " |")

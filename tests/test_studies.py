@@ -31,6 +31,12 @@ def test_cpp_study_quick_writes_every_strategy_and_metric(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 10 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["arm"] for r in runs} == set(cpp_study.STRATEGIES)
+    # The report redone from results.json, without training: same tables.
+    (out / "table.md").unlink()
+    assert cpp_study.main(["--quick", "--out", str(out), "--tracking-uri", "none",
+                           "--from-results", str(out / "results.json")]) == 0
+    redone = (out / "table.md").read_text()
+    assert redone.split("\n\n", 1)[1] == table.split("\n\n", 1)[1]   # all but the time
 
 
 @pytest.mark.slow
@@ -55,3 +61,17 @@ def test_gradient_tradeoff_runs(tmp_path, capsys):
     err = float(text.split("max relative error")[1].split()[0])
     assert err < 1e-3
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
+
+
+def test_markdown_table_final_and_window_values():
+    from experiments import study
+    nan = float("nan")
+    runs = [dict(final={"m": 4.0}, metrics={"m": [1.0, 2.0, nan, 4.0]}),
+            dict(final={"m": 6.0}, metrics={"m": [3.0, 4.0, 5.0, 6.0]})]
+    assert study.run_value(runs[0], "m") == 4.0
+    assert study.run_value(runs[0], "m", window=2) == 3.0        # mean of 2, 4 (NaN skipped)
+    assert study.run_value(runs[1], "m", window=3) == 5.0
+    final = study.markdown_table({"v": {"a": runs}}, ["m"])
+    assert "| a | 5.000 ± 1.000 |" in final                        # mean/std of 4 and 6
+    windowed = study.markdown_table({"v": {"a": runs}}, ["m"], window=2)
+    assert "| a | 4.250 ± 1.250 |" in windowed                     # of 3.0 and 5.5
