@@ -10,6 +10,7 @@ ten metrics into ``experiments/README.md``.
 
     python -m experiments.cpp_study            # the full study (about an hour on 2 CPU cores)
     python -m experiments.cpp_study --quick    # a few minutes: 30 clients, 2 a round, 4 rounds, 1 seed
+    python -m experiments.cpp_study --from-results experiments/cpp_out/results.json  # tables, figures
 """
 
 from __future__ import annotations

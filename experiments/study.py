@@ -71,7 +71,11 @@ def run_grid(base: str | Path, arms: dict[str, Sequence[str]],
 
 def load_results(path: str | Path) -> dict:
     """The ``results.json`` a grid wrote, to redo figures and tables without rerunning."""
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--from-results: {path} is not a file (expected the results.json "
+                         "a study run wrote)")
+    return json.loads(path.read_text())
 
 
 def time_note(results: dict, wall: float | None) -> str:
