@@ -68,6 +68,13 @@ def server_optimizer(name: str = "sgd", lr: float = 1.0, momentum: float = 0.9,
     raise ValueError(f"server optimizer={name!r}: expected 'sgd', 'momentum' or 'adam'")
 
 
+def scaled_delta(delta, c):
+    """``c * delta``, 0 where ``c == 0``: a left-out slot's delta (possibly NaN)
+    never enters a sum. The one place both :meth:`Aggregator.apply` and
+    ``engine.train_and_reduce`` form a client's share."""
+    return jax.tree.map(lambda d: jnp.where(c > 0, c * d, 0.0), delta)
+
+
 def _make(opt: optax.GradientTransformation, client_terms: Callable) -> Aggregator:
     """An aggregator from its per-client terms: the server step is sum(c delta) / sum(h)."""
 
@@ -83,9 +90,8 @@ def _make(opt: optax.GradientTransformation, client_terms: Callable) -> Aggregat
     def apply(state, params, deltas, weights, losses):
         c, h = jax.vmap(client_terms)(deltas, jnp.asarray(weights, jnp.float32),
                                       jnp.asarray(losses, jnp.float32))
-        sum_c_delta = jax.tree.map(lambda d: jnp.sum(
-            jnp.where((c > 0).reshape((-1,) + (1,) * (d.ndim - 1)),
-                      c.reshape((-1,) + (1,) * (d.ndim - 1)) * d, 0.0), axis=0), deltas)
+        sum_c_delta = jax.tree.map(lambda t: jnp.sum(t, axis=0),
+                                   jax.vmap(scaled_delta)(deltas, c))
         return finish(state, params, sum_c_delta, jnp.sum(h))
 
     return Aggregator(opt.init, apply, client_terms, finish)

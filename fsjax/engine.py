@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from fsjax.aggregation import scaled_delta
 from fsjax.local import LocalResult, Shard
 
 MODES = ("vmap", "chunked", "loop", "auto")
@@ -211,7 +212,7 @@ def train_and_reduce(local_train: Callable, params, shards: Shard, steps: jax.Ar
             finite = finite_update(res)
             w = jnp.where(i >= 0, weigh(i, res), 0.0)
             c_k, h_k = client_terms(res.delta, w, res.loss0)
-            acc = (jax.tree.map(jnp.add, acc[0], _scaled(res.delta, c_k)), acc[1] + h_k)
+            acc = (jax.tree.map(jnp.add, acc[0], scaled_delta(res.delta, c_k)), acc[1] + h_k)
             return acc, SlotStats(res.loss, res.loss0, res.steps, finite, w)
 
         def chunk(acc, slots):
@@ -244,8 +245,3 @@ def train_and_reduce(local_train: Callable, params, shards: Shard, steps: jax.Ar
     return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), slot, slot, slot, slot),
                          out_specs=(P(), P(), slot), check_vma=False)(
         params, shards, steps, keys, index)
-
-
-def _scaled(delta, c):
-    """``c * delta``, 0 where ``c == 0`` (a dropped NaN delta stays out of the sum)."""
-    return jax.tree.map(lambda d: jnp.where(c > 0, c * d, 0.0), delta)
