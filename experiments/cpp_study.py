@@ -15,10 +15,6 @@ ten metrics into ``experiments/README.md``.
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
-
 from experiments import study
 
 BASE = study.REPO / "experiments" / "cpp_study.yaml"
@@ -46,38 +42,15 @@ QUICK = ["rounds=4", "partition.num_clients=30", "selection.clients_per_round=2"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a few-minute version")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--out", default=None, help="output dir (default experiments/cpp_out[_quick])")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns.db); "
-                   "'none' to skip MLflow")
-    p.add_argument("--readme", action="store_true",
-                   help="write the table into experiments/README.md (default: full runs only)")
-    p.add_argument("--from-results", default=None, metavar="JSON",
-                   help="redo figures and tables from a results.json instead of running")
-    args = p.parse_args(argv)
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    suffix = "_quick" if args.quick else ""
-    out = Path(args.out or study.REPO / "experiments" / f"cpp_out{suffix}")
-    out.mkdir(parents=True, exist_ok=True)
-    if args.from_results:
-        results, wall = study.load_results(args.from_results), None
-        seeds = sorted({r["seed"] for arms in results.values() for runs in arms.values()
-                        for r in runs})
-    else:
-        t0 = time.perf_counter()
-        results = study.run_grid(BASE, STRATEGIES, VARIANTS, seeds, out=out,
-                                 experiment=f"cpp_study{suffix}",
-                                 tracking_uri=args.tracking_uri,
-                                 extra=QUICK if args.quick else ())
-        wall = time.perf_counter() - t0
+    args = study.parser(__doc__.splitlines()[0], "cpp_out").parse_args(argv)
+    results, out, wall = study.run_or_load(args, "cpp_study", "cpp_out", BASE, STRATEGIES,
+                                           VARIANTS, QUICK if args.quick else ())
     figs = study.comparison_figures(results, study.FAIRNESS_COLUMNS, out / "figures", "cpp_")
     table = study.markdown_table(results, study.FAIRNESS_COLUMNS)
     steady = study.markdown_table(results, WINDOW_COLUMNS, window=WINDOW)
     runs = sum(len(r) for arms in results.values() for r in arms.values())
-    summary = (f"{runs} runs ({len(STRATEGIES)} strategies x {len(seeds)} seeds x "
+    seeds = study.num_seeds(results)
+    summary = (f"{runs} runs ({len(STRATEGIES)} strategies x {seeds} seeds x "
                f"{len(VARIANTS)} availability variants), {study.time_note(results, wall)} "
                f"on this machine.\n\nFinal values after the last round (mean ± std over "
                f"seeds):\n\n{table}\nThe accuracy metrics swing from round to round (5 "

@@ -16,10 +16,6 @@ cumulative utility) and total compute, and writes the table into
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
-
 import numpy as np
 
 from experiments import study
@@ -39,31 +35,13 @@ COLUMNS = ("accuracy_mean", "accuracy_jain", "accuracy_variance", "utility_cv", 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--tracking-uri", default=None, help="MLflow store; 'none' to skip MLflow")
-    p.add_argument("--readme", action="store_true")
-    p.add_argument("--from-results", default=None, metavar="JSON",
-                   help="redo figures and tables from a results.json instead of running")
-    args = p.parse_args(argv)
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    suffix = "_quick" if args.quick else ""
-    out = Path(args.out or study.REPO / "experiments" / f"fairsynergy_loop_out{suffix}")
-    out.mkdir(parents=True, exist_ok=True)
+    args = study.parser(__doc__.splitlines()[0], "fairsynergy_loop_out").parse_args(argv)
     extra = ["name=fairsynergy_loop", "allocation.min_steps=2", "allocation.max_steps=30"]
     if args.quick:
         extra = QUICK + ["name=fairsynergy_loop", "allocation.min_steps=1",
                          "allocation.max_steps=9"]
-    if args.from_results:
-        results, wall = study.load_results(args.from_results), None
-    else:
-        t0 = time.perf_counter()
-        results = study.run_grid(BASE, ARMS, VARIANTS, seeds, out=out,
-                                 experiment=f"fairsynergy_loop{suffix}",
-                                 tracking_uri=args.tracking_uri, extra=extra)
-        wall = time.perf_counter() - t0
+    results, out, wall = study.run_or_load(args, "fairsynergy_loop", "fairsynergy_loop_out",
+                                           BASE, ARMS, VARIANTS, extra)
     study.comparison_figures(results, ("accuracy_mean", "accuracy_jain", "utility_cv",
                                        "local_steps"), out / "figures", "loop_")
     table = study.markdown_table(results, COLUMNS)

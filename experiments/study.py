@@ -10,6 +10,7 @@ one MLflow run (tagged with arm, variant and seed) in the study's experiment.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -67,6 +68,46 @@ def run_grid(base: str | Path, arms: dict[str, Sequence[str]],
                     f"participation_gini={final['participation_gini']:.4f} ({seconds:.0f} s)")
     (out / "results.json").write_text(json.dumps(results))
     return results
+
+
+def parser(description: str, out_name: str) -> argparse.ArgumentParser:
+    """The options every study driver has; default output ``experiments/<out_name>[_quick]``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a few-minute version")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="default 0 1 2 (0 with --quick)")
+    p.add_argument("--out", default=None,
+                   help=f"output dir (default experiments/{out_name}[_quick])")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns.db); "
+                   "'none' to skip MLflow")
+    p.add_argument("--readme", action="store_true",
+                   help="write the table into experiments/README.md (default: full runs only)")
+    p.add_argument("--from-results", default=None, metavar="JSON",
+                   help="redo figures and tables from a results.json instead of running")
+    return p
+
+
+def run_or_load(args: argparse.Namespace, experiment: str, out_name: str, base: str | Path,
+                arms: dict[str, Sequence[str]], variants: dict[str, Sequence[str]],
+                extra: Sequence[str]) -> tuple[dict, Path, float | None]:
+    """``(results, out, wall seconds)``: the grid run now (MLflow experiment
+    ``experiment``, output ``experiments/<out_name>``; both get ``_quick`` with
+    ``--quick``), or read back from ``--from-results`` (wall ``None``)."""
+    suffix = "_quick" if args.quick else ""
+    out = Path(args.out or REPO / "experiments" / f"{out_name}{suffix}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_results:
+        return load_results(args.from_results), out, None
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    t0 = time.perf_counter()
+    results = run_grid(base, arms, variants, seeds, out=out, experiment=f"{experiment}{suffix}",
+                       tracking_uri=args.tracking_uri, extra=extra)
+    return results, out, time.perf_counter() - t0
+
+
+def num_seeds(results: dict) -> int:
+    return len({r["seed"] for arms in results.values() for runs in arms.values() for r in runs})
 
 
 def load_results(path: str | Path) -> dict:
