@@ -1,4 +1,8 @@
-"""Tests for fsjax.availability: trace parsing, availability models, failure rule."""
+"""Tests for fsjax.availability: trace parsing, availability models, failure rules.
+
+One file for the package (models, device_traces, correlation, failures): each
+test goes through the public names ``fsjax.availability.X``, as callers do.
+"""
 
 import json
 import math
@@ -287,6 +291,59 @@ def test_no_failures():
     failed, latency = jax.jit(rule.fails)(rule.init(jax.random.key(0)), jax.random.key(1),
                                           jnp.array([0, 2]), jnp.array([1e9, jnp.nan]))
     assert not failed.any() and (latency == 0).all()
+
+
+@pytest.mark.parametrize("name, params", [
+    ("study", {}),
+    ("study", dict(latency_threshold=40.0, loss_threshold=1.0, latency_client_sigma=1.0,
+                   latency_round_sigma=1.0)),
+    ("none", {}),
+])
+def test_failure_judge_slot_by_slot_on_draw_equals_fails(name, params):
+    """``judge`` per slot on one round's ``draw`` is ``fails`` (the fused round's use)."""
+    c, k = 30, 9
+    rule = av.FAILURES[name](num_clients=c, **params)
+
+    @jax.jit
+    def both(key):
+        k_init, k_slots, k_loss, k_round = jax.random.split(key, 4)
+        state = rule.init(k_init)
+        slots = jax.random.randint(k_slots, (k,), 0, c)
+        losses = jax.random.uniform(k_loss, (k,), maxval=3.0) ** 4  # straddles 1.0 and 40.0
+        losses = losses.at[0].set(jnp.nan).at[1].set(jnp.inf)
+        failed, latency = rule.fails(state, k_round, slots, losses)
+        drawn = rule.draw(state, k_round, slots)
+        # One slot at a time, as a loop over clients weighs them: scalar in, scalar out.
+        per_slot = jax.lax.map(lambda lat_loss: rule.judge(*lat_loss), (drawn, losses))
+        return failed, latency, drawn, per_slot, rule.judge(drawn, losses)
+
+    n_failed = 0
+    for seed in range(6):
+        failed, latency, drawn, per_slot, whole = both(jax.random.key(seed))
+        assert failed.shape == per_slot.shape == (k,) and per_slot.dtype == bool
+        assert latency.dtype == drawn.dtype == jnp.float32
+        np.testing.assert_array_equal(drawn, latency)  # bitwise: the same normals
+        np.testing.assert_array_equal(per_slot, failed)
+        np.testing.assert_array_equal(whole, failed)
+        assert bool(failed[0]) == (name == "study")  # a NaN loss fails the study rule
+        n_failed += int(failed.sum())
+    if name == "study":
+        assert n_failed > 12  # more than the NaN/inf slots: the verdicts are exercised
+    else:
+        assert n_failed == 0 and not np.asarray(drawn).any()
+
+
+def test_failure_draw_ignores_losses_and_matches_formula():
+    rule = av.failure_rule(num_clients=5, latency_median=20.0, latency_client_sigma=0.4,
+                           latency_round_sigma=0.7)
+    state = rule.init(jax.random.key(0))
+    slots = jnp.array([4, 0, 4, 2])
+    latency = rule.draw(state, jax.random.key(1), slots)
+    e = np.asarray(jax.random.normal(jax.random.key(1), (4,)))
+    np.testing.assert_allclose(latency, np.asarray(state.median)[[4, 0, 4, 2]] * np.exp(0.7 * e),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(rule.judge(jnp.array([90.0, 90.5, 1.0]), jnp.array([0.0, 0.0, 40.0])),
+                                  [False, True, True])
 
 
 # ---------------------------------------------------------------------------
