@@ -1,5 +1,8 @@
 """Tests for fsjax.selection: invariants, each strategy's law, fairness, jit/vmap."""
 
+import pkgutil
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +46,28 @@ def history_state(c=12, seed=0):
 
 def test_registry():
     assert set(sl.REGISTRY) == set(CONFIGS)
+
+
+# Every name fsjax.selection offered as one module, before it became a package.
+PUBLIC = ("REGISTRY", "Array", "Selection", "Feedback", "SelectorState", "Selector",
+          "init_state", "update_state", "availability_estimate", "slot_mask", "selection_mask",
+          "make_feedback", "round_slots", "full", "random", "aw_psp", "power_of_choice",
+          "surrogate_utility", "fair_select_scores", "fair_select")
+
+
+def test_package_reexports_every_public_name_and_registry_names_its_factories():
+    assert sorted(sl.__all__) == sorted(PUBLIC)
+    for name in PUBLIC:
+        assert not isinstance(getattr(sl, name), types.ModuleType), name
+    for name, factory in sl.REGISTRY.items():
+        assert getattr(sl, name) is factory
+        assert isinstance(factory(**CONFIGS[name]), sl.Selector)
+
+
+def test_no_submodule_is_named_like_a_reexported_name():
+    # `import fsjax.selection.random as m` would give the factory, not a module.
+    submodules = {m.name for m in pkgutil.iter_modules(sl.__path__)}
+    assert submodules and not submodules & set(sl.__all__), submodules & set(sl.__all__)
 
 
 KS = (1, 5, 12)
@@ -164,6 +189,28 @@ def test_make_feedback_marks_failed_slots():
     fb = sl.make_feedback(avail, selection, jnp.array([True, False, False]), jnp.zeros(4), jnp.zeros(4))
     np.testing.assert_array_equal(fb.selected, [True, False, True, False])
     np.testing.assert_array_equal(fb.participated, [True, False, False, False])
+
+
+def test_slot_mask_matches_loop_over_slots():
+    c, k = 7, 5
+    rng = np.random.default_rng(2)
+    slot_mask = jax.jit(sl.slot_mask, static_argnums=2)
+    for _ in range(20):
+        slots = rng.integers(0, c, k)  # repeats included
+        mask = rng.random(k) < 0.5
+        expected = np.zeros(c, bool)
+        for s, m in zip(slots, mask):
+            expected[s] |= m
+        got = slot_mask(jnp.asarray(slots, jnp.int32), jnp.asarray(mask), c)
+        assert got.dtype == bool
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(sl.selection_mask(sl.Selection(slots, mask), c), expected)
+
+
+def test_round_slots_gives_full_participation_every_client():
+    for name in sorted(CONFIGS):
+        sel = sl.REGISTRY[name](**CONFIGS[name])
+        assert sl.round_slots(sel, 12, 4) == (12 if name == "full" else 4), name
 
 
 def test_surrogate_utility_matches_numpy():
