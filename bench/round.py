@@ -6,13 +6,16 @@ The workload is the CIFAR-10 cross-device benchmark used to rank FL simulators
 the same work in both frameworks: gather the selected clients' data, train
 each client from the global weights, and add the example-weighted mean of the
 client deltas to the global weights. The selected clients of every round are
-drawn once (numpy) and used by every configuration, so all of them run the
-same rounds on the same data, back to back in one process.
+the ones the simulation's selector draws (the same in every mode), so all
+configurations run the same rounds on the same data, back to back in one
+process.
 
-The chunked modes reduce client updates while training
-(``engine.train_and_reduce``), as ``fsjax.simulation`` runs them. The torch
-baseline runs on CUDA when the installed torch has it (``--torch-device``
-overrides).
+fsjax is timed through :class:`fsjax.simulation.Simulation` itself (its
+``step``), the one round fsjax has: availability, selection, gather, local
+training with the configured backend, aggregation and the round's metrics;
+client evaluation runs only in the warm-up round. The torch baseline trains
+the clients the simulation selects, on the same rows, and runs on CUDA when
+the installed torch has it (``--torch-device`` overrides).
 
 Timing rules: round 0 of every configuration is a warm-up (compilation,
 oneDNN set-up) reported separately as ``first``; the next ``repeats`` rounds
@@ -49,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fsjax import aggregation, data as data_lib, engine, local, models
+from fsjax import config, data as data_lib, engine, models, simulation
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -206,23 +209,23 @@ def time_rounds(run_round: Callable, state, schedule: list[np.ndarray], repeats:
 # ------------------------------------------------------------------------- data
 
 
-def client_data(s: Settings, num_clients: int, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """IID client shards of ``examples_per_client`` images each.
+def bench_dataset(s: Settings, num_clients: int, ds) -> tuple[data_lib.Dataset, str]:
+    """A data set the ``iid`` partition deals into ``examples_per_client`` + 1 images per client.
 
-    Disjoint shards while the data set has enough images; beyond that, every
-    client's images are drawn with replacement from the whole set.
+    Each client gets ``examples_per_client`` training images and one held-out
+    image (the simulation needs a client test split; timed rounds do not
+    evaluate). Disjoint shards while the data set has enough images; beyond
+    that, every image is drawn with replacement from the whole set.
     """
     rng = np.random.default_rng(s.seed + num_clients)
-    need = num_clients * s.examples_per_client
+    need = num_clients * (s.examples_per_client + 1)
     if need <= len(ds.y_train):
-        idx = rng.permutation(len(ds.y_train))[:need].reshape(num_clients, -1)
+        idx = rng.permutation(len(ds.y_train))[:need]
         how = "disjoint IID shards"
     else:
-        idx = rng.integers(0, len(ds.y_train), (num_clients, s.examples_per_client))
+        idx = rng.integers(0, len(ds.y_train), need)
         how = "IID, drawn with replacement"
-    x, y = ds.x_train[idx], ds.y_train[idx].astype(np.int32)
-    n = np.full(num_clients, s.examples_per_client, np.int32)
-    return x, y, n, how
+    return dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx]), how
 
 
 def load_images(s: Settings):
@@ -235,96 +238,54 @@ def load_images(s: Settings):
                 "not set; values do not change the speed)")
 
 
-def schedules(s: Settings, num_clients: int, k: int, rounds: int) -> list[np.ndarray]:
-    """The clients selected in each round (uniform without replacement), the same for all."""
-    rng = np.random.default_rng(s.seed + 7 * k + num_clients)
-    return [np.sort(rng.choice(num_clients, k, replace=False)).astype(np.int32)
-            for _ in range(rounds)]
-
-
 # ------------------------------------------------------------------------ fsjax
 
 
+def bench_config(s: Settings, mode: str, chunk_size: int | None, num_clients: int,
+                 k: int) -> config.ExperimentConfig:
+    """The workload as an fsjax experiment: IID clients, K random a round, FedAvg.
+
+    Client evaluation runs in round 1 only (the warm-up), so timed rounds are
+    availability, selection, gather, local training, aggregation and the
+    round's metrics: the simulation's own round, nothing else.
+    """
+    sets = [f"seed={s.seed}", "rounds=1000000", f"partition.num_clients={num_clients}",
+            "partition.name=iid", f"partition.split_test={1 / (s.examples_per_client + 1)}",
+            "model.name=cnn", f"model.features={list(s.features)}", f"model.hidden={s.hidden}",
+            f"local.steps={s.local_steps}", f"local.batch_size={s.batch_size}",
+            f"local.lr={s.lr}", "selection.name=random", f"selection.clients_per_round={k}",
+            "eval.every=1000000", f"engine.mode={mode}", f"engine.chunk_size={chunk_size or 0}",
+            "engine.shard=false"]
+    return config.load(None, overrides=sets)
+
+
 class FsjaxBench:
-    """Builds and caches one compiled round per (resolved mode, chunk size)."""
+    """Times :class:`fsjax.simulation.Simulation` rounds, one simulation per configuration."""
 
     def __init__(self, s: Settings):
         self.s = s
-        self.model = models.build("cnn", 10, features=s.features, hidden=s.hidden)
-        self.params = models.init_params(self.model, jax.random.key(s.seed), s.image_shape)
+        model = models.build("cnn", 10, features=s.features, hidden=s.hidden)
+        # The same initial weights as a simulation with this seed (for the torch baseline).
+        key = jax.random.split(jax.random.PRNGKey(s.seed), 3)[0]
+        self.params = models.init_params(model, key, s.image_shape)
         self.n_params = sum(int(p.size) for p in jax.tree.leaves(self.params))
-        self.local_train = local.make_local_train(
-            self.model.apply, optax.sgd(s.lr), batch_size=s.batch_size,
-            max_steps=s.local_steps)
-        self.aggregator = aggregation.fedavg()
-        self.base_key = jax.random.key(s.seed + 1)
-        self._rounds: dict[tuple, Callable] = {}
-        self._compiled: set[tuple] = set()   # (resolved mode, data shapes) already run
+        self._compiled: set[tuple] = set()   # (resolved mode, K, C) already run
 
-    def _pieces(self, mode: str, chunk_size: int | None):
-        s, agg, lt = self.s, self.aggregator, self.local_train
+    def simulation(self, mode: str, chunk_size: int | None, dataset, num_clients: int,
+                   k: int) -> simulation.Simulation:
+        return simulation.Simulation(bench_config(self.s, mode, chunk_size, num_clients, k),
+                                     dataset=dataset)
 
-        def gather(data, slots, r):
-            x, y, n = data
-            shards = local.Shard(x[slots], y[slots], n[slots])
-            keys = jax.random.split(jax.random.fold_in(self.base_key, r), slots.shape[0])
-            return shards, keys
-
-        def aggregate(params, server_state, result, shards):
-            weights = shards.n.astype(jnp.float32)
-            params, server_state = agg.apply(server_state, params, result.delta, weights,
-                                             result.loss0)
-            return params, server_state, jnp.mean(result.loss)
-
-        def train(params, shards, keys):
-            steps = jnp.full(keys.shape[:1], s.local_steps, jnp.int32)
-            return engine.train_clients(lt, params, shards, steps, keys, mode=mode,
-                                        chunk_size=chunk_size)
-
-        return gather, train, aggregate
-
-    def round_fn(self, mode: str, chunk_size: int | None) -> tuple[Callable, bool]:
-        """``round(state, data, slots, r) -> (state, loss)`` and whether it was cached."""
-        resolved = engine.resolve_mode(mode, chunk_size)
-        if resolved in self._rounds:
-            return self._rounds[resolved], True
-        gather, train, aggregate = self._pieces(*resolved)
-        if resolved[0] == "loop":  # Python loop over clients: jit around it
-            pre, post = jax.jit(gather), jax.jit(aggregate, donate_argnums=(0, 1))
-
-            def run(state, data, slots, r):
-                params, server_state = state
-                shards, keys = pre(data, slots, r)
-                result = train(params, shards, keys)
-                params, server_state, loss = post(params, server_state, result, shards)
-                return (params, server_state), loss
-        elif resolved[0] == "chunked":  # as fsjax.simulation runs it: reduce while training
-            agg, lt, steps = self.aggregator, self.local_train, self.s.local_steps
-
-            @jax.jit
-            def whole(params, server_state, data, slots, r):
-                shards, keys = gather(data, slots, r)
-                weights = shards.n.astype(jnp.float32)
-                sums, h, stats = engine.train_and_reduce(
-                    lt, params, shards, jnp.full(keys.shape[:1], steps, jnp.int32), keys,
-                    lambda i, res: weights[i], agg.client_terms, chunk_size=resolved[1])
-                params, server_state = agg.finish(server_state, params, sums, h)
-                return params, server_state, jnp.mean(stats.loss)
-        else:
-            @jax.jit
-            def whole(params, server_state, data, slots, r):
-                shards, keys = gather(data, slots, r)
-                return aggregate(params, server_state, train(params, shards, keys), shards)
-        if resolved[0] != "loop":
-            def run(state, data, slots, r):
-                params, server_state, loss = whole(*state, data, slots, r)
-                return (params, server_state), loss
-        self._rounds[resolved] = run
-        return run, False
-
-    def init_state(self):
-        params = jax.tree.map(jnp.array, self.params)   # a fresh copy per configuration
-        return params, self.aggregator.init(params)
+    @staticmethod
+    def schedule(sim: simulation.Simulation, rounds: int) -> list[np.ndarray]:
+        """The clients the simulation selects in rounds 1..``rounds`` (for the torch baseline)."""
+        plan = jax.jit(sim.plan_round)
+        state = sim.init()
+        out = []
+        for r in range(rounds):
+            _, p, _ = plan(state._replace(round=jnp.int32(r)), sim.data)
+            out.append(np.asarray(p.slots)[np.asarray(p.valid)])
+        return out
 
     def memory_estimate(self, mode: str, chunk_size: int | None, k: int) -> float:
         """Rough bytes a round needs beyond the data: the K stacked deltas and
@@ -339,18 +300,20 @@ class FsjaxBench:
             return 4 * per_client + at_once * (3 * per_client + act)
         return k * per_client * (3 if mode == "loop" else 2) + at_once * (3 * per_client + act)
 
-    def measure(self, label: str, mode: str, chunk_size: int | None, data, schedule,
-                repeats: int, section: str, total: int) -> Measurement:
-        k = len(schedule[0])
-        m = Measurement(section, "fsjax", label, total, k)
-        run, _ = self.round_fn(mode, chunk_size)
-        resolved = engine.resolve_mode(mode, chunk_size)
-        shapes = (resolved, k, data[0].shape)
-        if shapes in self._compiled:
-            m.note = "same compiled program as " + _label(*resolved)
-        self._compiled.add(shapes)
-        time_rounds(lambda st, r, slots: run(st, data, slots, jnp.int32(r)),
-                    self.init_state(), schedule, repeats, m)
+    def measure(self, label: str, mode: str, chunk_size: int | None, dataset, num_clients: int,
+                k: int, repeats: int, section: str) -> Measurement:
+        m = Measurement(section, "fsjax", label, num_clients, k)
+        sim = self.simulation(mode, chunk_size, dataset, num_clients, k)
+        key = (engine.resolve_mode(mode, chunk_size), k, num_clients)
+        if key in self._compiled:
+            m.note = "same round as " + _label(*key[0])
+        self._compiled.add(key)
+
+        def run_round(state, r, slots):
+            state, metrics = sim.step(state)
+            return state, metrics["train_loss"]
+
+        time_rounds(run_round, sim.init(), [None] * (repeats + 1), repeats, m)
         return m
 
 
@@ -504,11 +467,14 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
     fs = FsjaxBench(s)
     tbench = TorchBench(s, fs.params, torch_device) if use_torch else None
     ds, data_desc = load_images(s)
-    x, y, n, how = client_data(s, s.num_clients, ds)
-    data = tuple(jnp.asarray(a) for a in (x, y, n))
+    data, how = bench_dataset(s, s.num_clients, ds)
     k = s.clients_per_round
     rounds = max(s.repeats, s.scaling_repeats) + 1
-    sched = schedules(s, s.num_clients, k, rounds)
+    # The torch baseline trains the same clients on the same rows as the simulation.
+    ref = fs.simulation("chunked", 1, data, s.num_clients, k)
+    x, y, n = (np.asarray(a) for a in (ref.data.x, ref.data.y, ref.data.n))
+    sched = fs.schedule(ref, rounds)
+    del ref
 
     print("fsjax round benchmark: CIFAR-10 cross-device workload (pfl-research)")
     print(f"data: {data_desc}; {s.num_clients} clients x {s.examples_per_client} images "
@@ -542,7 +508,7 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
         torch_median = tm.median
         main.append(tm)
     for label, mode, cs in configs:
-        main.append(fs.measure(label, mode, cs, data, sched, s.repeats, "main", s.num_clients))
+        main.append(fs.measure(label, mode, cs, data, s.num_clients, k, s.repeats, "main"))
         print(f"  measured {label}: {main[-1].median:.3f} s/round", file=sys.stderr, flush=True)
     results += main
     fs_main = [m for m in main if m.framework == "fsjax"]
@@ -569,7 +535,6 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
             skipped.append(f"K={kk}: every mode and torch (time budget of these settings; "
                            "the full settings run it)")
             continue
-        sch = schedules(s, s.num_clients, kk, s.scaling_repeats + 1)
         run_cfgs = configs if kk <= s.all_modes_max_k else [best_cfg]
         if kk > s.all_modes_max_k:
             skipped.append(f"K={kk}: all modes but the best at K={k} ({best_cfg[0]}) and "
@@ -580,11 +545,13 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
                 skipped.append(f"K={kk} {label}: needs ~{need / 2**30:.1f} GiB, "
                                f"{free / 2**30:.1f} GiB free")
                 continue
-            scal.append(fs.measure(label, mode, cs, data, sch, s.scaling_repeats,
-                                   "scaling_k", s.num_clients))
+            scal.append(fs.measure(label, mode, cs, data, s.num_clients, kk,
+                                   s.scaling_repeats, "scaling_k"))
             print(f"  measured {label} K={kk}: {scal[-1].median:.3f} s/round",
                   file=sys.stderr, flush=True)
         if tbench:
+            sch = fs.schedule(fs.simulation("chunked", 1, data, s.num_clients, kk),
+                              s.scaling_repeats + 1)
             scal.append(tbench.measure(x, y, n, sch, s.scaling_repeats, "scaling_k",
                                        s.num_clients))
             torch_by_k[kk] = scal[-1].median
@@ -615,16 +582,13 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
             continue
         data = None
         gc.collect()
-        xt, yt, nt, how_t = client_data(s, total, ds)
-        need = xt.nbytes * 2 + fs.memory_estimate("chunked", s.totals_chunk_size, k)
+        dt, how_t = bench_dataset(s, total, ds)
+        need = dt.x_train.nbytes * 2 + fs.memory_estimate("chunked", s.totals_chunk_size, k)
         if need > s.memory_share * _free_memory_bytes():
             skipped.append(f"total={total}: needs ~{need / 2**30:.1f} GiB")
             continue
-        dt = tuple(jnp.asarray(a) for a in (xt, yt, nt))
-        del xt, yt
-        sch = schedules(s, total, k, s.scaling_repeats + 1)
-        m = fs.measure(label, "chunked", s.totals_chunk_size, dt, sch, s.scaling_repeats,
-                       "scaling_total", total)
+        m = fs.measure(label, "chunked", s.totals_chunk_size, dt, total, k, s.scaling_repeats,
+                       "scaling_total")
         m.note = how_t
         tot.append(m)
         print(f"  measured {label} C={total}: {m.median:.3f} s/round", file=sys.stderr,

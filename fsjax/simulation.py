@@ -3,42 +3,44 @@ evaluation and metrics into one compiled round.
 
 One round, as data (DESIGN.md section 2)::
 
-    RoundState -> availability.step -> selection.select -> K slots
-      -> engine.train_clients (gathered shards) -> failure rule / NaN check
+    RoundState -> availability.step -> selection.select -> RoundPlan (K slots)
+      -> backend.train (gathered shards) -> failure rule / NaN check
       -> aggregation.apply -> evaluation (all clients) -> selection.update
       -> metrics.round_metrics
 
-Shapes never change between rounds, so the round compiles once. In
-``engine.mode="loop"`` the round is three jitted pieces around a Python loop
-over clients; every other mode is a single jitted function.
+This is the only round in fsjax: benchmarks time it and the networked server
+drives it. How the K slots are trained is the :class:`~fsjax.backends.Backend`
+the simulation is given (vmap, chunked, loop, or remote clients); shapes never
+change between rounds, so the round compiles once. An in-jit backend makes
+the whole round one jitted function; a host backend (loop, remote) runs
+between the jitted :meth:`Simulation.plan_round` and
+:meth:`Simulation.finish_round`.
 
 Example:
   >>> from fsjax import config, simulation
-  >>> hist = simulation.run(config.load("experiments/quick.yaml"))  # doctest: +SKIP
-  >>> hist.metrics["accuracy_mean"][-1]                            # doctest: +SKIP
+  >>> cfg = config.load("experiments/quick.yaml", overrides=("rounds=2",))
+  >>> hist = simulation.run(cfg)
+  >>> hist.metrics["accuracy_mean"].shape
+  (2,)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
-import warnings
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fsjax import (aggregation, allocation_loop, availability, data as data_lib, engine,
-                   evaluation, local, metrics as metrics_lib, models, partition, selection)
+from fsjax import (aggregation, allocation_loop, availability, backends as backends_lib,
+                   clients, data as data_lib, engine, evaluation, local,
+                   metrics as metrics_lib, models, partition, selection)
+from fsjax.callbacks import Callback, ProgressBar, append_metrics  # noqa: F401 (re-exported)
+from fsjax.clients import FederatedData, load_dataset  # noqa: F401 (re-exported)
 from fsjax.config import ExperimentConfig
-
-log = logging.getLogger(__name__)
-
-# Modes whose training runs outside jit, between a jitted plan and a jitted finish.
-HOST_MODES = ("loop", "networked")
 
 
 class RoundState(NamedTuple):
@@ -60,17 +62,16 @@ class RoundState(NamedTuple):
     key: jax.Array            # u32[2] base PRNG key (raw, so it serialises)
 
 
-class FederatedData(NamedTuple):
-    """Device-resident client data (leading axis C) and label statistics."""
+class RoundPlan(NamedTuple):
+    """What the first half of a round decides for the K client slots."""
 
-    x: jax.Array            # u8[C, N_max, H, W, ch]
-    y: jax.Array            # i32[C, N_max]
-    n: jax.Array            # i32[C]
-    x_test: jax.Array       # u8[C, M_max, H, W, ch]
-    y_test: jax.Array       # i32[C, M_max]
-    n_test: jax.Array       # i32[C]
-    label_hist: jax.Array   # f32[C, L] training label counts per client
-    global_dist: jax.Array  # f32[L]    label distribution of all clients' training data
+    available: jax.Array  # bool[C] clients available this round
+    slots: jax.Array      # i32[K]  selected client of each slot (0 in unused slots)
+    valid: jax.Array      # bool[K] slot holds a selected client
+    steps: jax.Array      # i32[K]  local steps of each slot
+    keys: jax.Array       # [K]     PRNG key of each slot's local training
+    k_fail: jax.Array     # PRNG key of the round's failure draws
+    fail_draw: jax.Array  # f32[K]  the failure rule's per-slot draw (e.g. latency)
 
 
 @dataclasses.dataclass
@@ -96,69 +97,14 @@ class History:
     seconds: float = 0.0
 
 
-class Callback:
-    """Hooks called by :func:`run`; override what you need. All are optional."""
-
-    def on_start(self, sim: "Simulation") -> None: ...
-
-    def on_round(self, sim: "Simulation", round_index: int, metrics: dict[str, float],
-                 state: RoundState) -> None: ...
-
-    def on_end(self, sim: "Simulation", history: History) -> None: ...
-
-    def on_error(self, sim: "Simulation", error: BaseException) -> None: ...
-
-
-# ----------------------------------------------------------------------- setup
-
-
-def load_dataset(cfg: ExperimentConfig) -> tuple[data_lib.Dataset, str]:
-    """The data set named by ``cfg.data`` and a one-line description of it."""
-    d = cfg.data
-    synth = lambda: data_lib.synthetic(d.num_classes, d.n_train, d.n_test, d.image_shape,
-                                       d.seed, d.noise)
-    if d.source == "synthetic":
-        return synth(), f"synthetic ({d.n_train} train, {d.num_classes} classes)"
-    source = "auto" if d.source == "cifar10" else d.source
-    try:
-        ds = data_lib.load_cifar10(source)
-        return ds, f"CIFAR-10 from {source}"
-    except ValueError as err:
-        if d.fallback != "synthetic":
-            raise
-        warnings.warn(f"CIFAR-10 not found ({err}); using SYNTHETIC data instead "
-                      "(data.fallback=synthetic)", stacklevel=2)
-        return synth(), "synthetic fallback (CIFAR-10 not found)"
-
-
 def prepare_data(cfg: ExperimentConfig, ds: data_lib.Dataset) -> FederatedData:
-    """Partitions ``ds`` as configured and moves the padded client arrays to the device."""
+    """Partitions ``ds`` as ``cfg.partition`` says (:func:`fsjax.clients.prepare`)."""
     p = cfg.partition
-    seed = cfg.seed if p.seed is None else p.seed
-    if p.name == "iid":
-        shards = partition.iid(ds.y_train, p.num_clients, seed)
-    elif p.name == "dirichlet":
-        shards = partition.dirichlet(ds.y_train, p.num_clients, p.alpha, seed, p.min_size)
-    else:
-        shards = partition.label_subsets(ds.y_train, p.num_clients, p.labels_per_client, seed)
-    cd = partition.to_padded(ds, shards, p.split_test, seed)
-    n_test, x_test, y_test = cd.n_test, cd.x_test, cd.y_test
-    if p.max_test_per_client:
-        n_test = np.minimum(n_test, p.max_test_per_client)
-        x_test = x_test[:, :p.max_test_per_client]
-        y_test = y_test[:, :p.max_test_per_client]
-    if (n_test == 0).any() or (cd.n == 0).any():
-        raise ValueError("partition: some client has no training or no test example; "
-                         "use fewer clients or a larger partition.split_test")
-    hist = np.stack([np.bincount(cd.y[c, :cd.n[c]], minlength=ds.num_classes)
-                     for c in range(len(cd.n))]).astype(np.float32)
-    return FederatedData(
-        *(jnp.asarray(a) for a in (cd.x, cd.y, cd.n, x_test, y_test, n_test)),
-        label_hist=jnp.asarray(hist),
-        global_dist=jnp.asarray(hist.sum(0) / hist.sum()))
+    return clients.prepare(ds, p, cfg.seed if p.seed is None else p.seed)
 
 
-def _client_optimizer(lc) -> optax.GradientTransformation:
+def client_optimizer(lc) -> optax.GradientTransformation:
+    """The clients' optax optimizer from the ``local`` config section."""
     if lc.optimizer == "adam":
         opt = optax.adam(lc.lr)
     else:
@@ -172,60 +118,66 @@ class Simulation:
     """A configured experiment: data on the device, parts built, round compiled lazily.
 
     Use :func:`run` for the whole loop; this class is for callers that step
-    rounds themselves (the networked server, tests, notebooks).
+    rounds themselves (the networked server, benchmarks, tests, notebooks).
+
+    Args:
+      cfg: the experiment config.
+      dataset: use this data set instead of loading ``cfg.data``.
+      mesh: a ``"clients"`` device mesh (default: all local devices when
+        ``engine.shard`` and there are several).
+      backend: how the K slots are trained (default:
+        ``backends.local(cfg.engine.mode, ...)``); the networked server passes
+        a host backend that trains on remote clients.
     """
 
     def __init__(self, cfg: ExperimentConfig, dataset: data_lib.Dataset | None = None,
-                 mesh: "jax.sharding.Mesh | None" = None):
+                 mesh: "jax.sharding.Mesh | None" = None,
+                 backend: backends_lib.Backend | None = None):
         self.config = cfg
         if dataset is None:
-            dataset, self.data_description = load_dataset(cfg)
+            dataset, self.data_description = load_dataset(cfg.data)
         else:
             self.data_description = "given dataset"
         self.dataset = dataset
         self.data = prepare_data(cfg, dataset)
-        self.num_clients = cfg.partition.num_clients
+        self.num_clients = C = cfg.partition.num_clients
         self.num_classes = dataset.num_classes
 
         model_params = dict(cfg.model.params)
         self.model = models.build(cfg.model.name, dataset.num_classes, **model_params)
-        self.mode, self.chunk_size = engine.resolve_mode(cfg.engine.mode,
-                                                         cfg.engine.chunk_size or None)
         conv = models.resolve_conv(model_params.get("conv", "auto")) \
             if cfg.model.name == "cnn" else "im2col"
         # XLA convolutions inside a rolled loop are ~10x slower on XLA:CPU.
         unroll = True if (conv == "xla" and jax.default_backend() == "cpu") else 1
         self.local_train = local.make_local_train(
-            self.model.apply, _client_optimizer(cfg.local), batch_size=cfg.local.batch_size,
+            self.model.apply, client_optimizer(cfg.local), batch_size=cfg.local.batch_size,
             max_steps=allocation_loop.max_steps(cfg.allocation, cfg.local.steps), mu=cfg.local.mu,
             unroll=unroll)
         a = cfg.aggregation
         server_opt = aggregation.server_optimizer(a.server_optimizer, a.server_lr,
                                                   a.server_momentum)
         self.aggregator = aggregation.make(a.name, server_opt, **a.params)
-        C = self.num_clients
         self.availability = availability.REGISTRY[cfg.availability.name](
             num_clients=C, **cfg.availability.params)
         self.failure = availability.FAILURES[cfg.failure.name](num_clients=C,
                                                               **cfg.failure.params)
         self.selector = selection.REGISTRY[cfg.selection.name](**cfg.selection.params)
-        self.num_slots = C if cfg.selection.name == "full" else cfg.selection.clients_per_round
-        if mesh is None and cfg.engine.shard and jax.device_count() > 1 and self.mode != "loop":
-            mesh = engine.client_mesh()
+        self.num_slots = selection.round_slots(self.selector, C, cfg.selection.clients_per_round)
+        if backend is None:
+            mode, _ = engine.resolve_mode(cfg.engine.mode, cfg.engine.chunk_size or None)
+            if mesh is None and cfg.engine.shard and jax.device_count() > 1 and mode != "loop":
+                mesh = engine.client_mesh()
+            backend = backends_lib.local(mode, self.local_train,
+                                         chunk_size=cfg.engine.chunk_size or None, mesh=mesh)
+        self.backend = backend
+        self.mode, self.chunk_size = backend.name, backend.chunk_size
         self.mesh = mesh
         self.padded_slots = engine.pad_slots(self.num_slots, mesh)
         self.allocator = allocation_loop.make(cfg.allocation, cfg.local.steps, self.num_slots, C)
         self.evaluate = evaluation.make_evaluator(self.model.apply, dataset.num_classes,
                                                   cfg.eval.chunk)
-        self.trace_count = 0  # times the round was traced (a test checks it stays 1)
-        self._round_jit = None
-        self._pre_jit = self._post_jit = None
-        test_x, test_y = dataset.x_test, dataset.y_test
-        if cfg.data.test_subset:  # a seeded random subset, whatever the order of the set
-            pick = np.sort(np.random.default_rng(0).permutation(len(test_y))[:cfg.data.test_subset])
-            test_x, test_y = test_x[pick], test_y[pick]
-        self._test = (jnp.asarray(test_x)[None], jnp.asarray(test_y)[None],
-                      jnp.asarray([len(test_y)], jnp.int32))
+        self._round_jit = self._plan_jit = self._finish_jit = None
+        self._test = clients.global_test_set(dataset, cfg.data.test_subset)
         self._test_eval = jax.jit(self.evaluate)
 
     def describe(self, max_rows: int = 10) -> str:
@@ -272,13 +224,13 @@ class Simulation:
 
     # ------------------------------------------------------------------ round
 
-    def plan_round(self, state: RoundState, fd: FederatedData):
-        """Availability, selection and the per-slot plan (gathered shards, steps, keys).
+    def plan_round(self, state: RoundState, fd: FederatedData
+                   ) -> tuple[RoundState, RoundPlan, local.Shard]:
+        """The first half of a round: availability, selection and the per-slot plan.
 
-        Returns ``(state, plan, shards)``; ``plan`` holds ``available`` bool[C],
-        ``slots`` i32[K], ``valid`` bool[K], ``steps`` i32[K], ``keys`` [K] and
-        ``k_fail``. The networked server calls this, trains remotely, then
-        :meth:`finish_round`.
+        Returns:
+          ``(state, plan, shards)``: the state with the availability model
+          advanced, the :class:`RoundPlan`, and the K selected clients' data.
         """
         key_r = jax.random.fold_in(state.key, state.round)
         k_av, k_sel, k_train, k_fail = jax.random.split(key_r, 4)
@@ -290,76 +242,64 @@ class Simulation:
         steps = self.allocator.steps(state.alloc_state, slots, valid,
                                      jax.random.fold_in(key_r, 0xA110C))
         keys = jax.random.split(k_train, self.num_clients)[slots]
+        plan = RoundPlan(available, slots, valid, steps, keys, k_fail,
+                         self.failure.draw(state.fail_state, k_fail, slots))
         shards = local.Shard(fd.x[slots], fd.y[slots], fd.n[slots])
-        plan = dict(available=available, slots=slots, valid=valid, steps=steps, keys=keys,
-                    k_fail=k_fail)
         return state._replace(avail_state=avail_state), plan, shards
 
-    def _train(self, params, shards, plan):
-        return engine.train_clients(self.local_train, params, shards, plan["steps"],
-                                    plan["keys"], mode=self.mode, chunk_size=self.chunk_size,
-                                    mesh=self.mesh)
+    def _verdict(self, valid, num_examples, fail_draw, loss, finite):
+        """Aggregation weight and failure of slots, elementwise (one slot or all K).
 
-    def slot_weights(self, state: RoundState, plan, loss, finite, fd: FederatedData):
-        """Aggregation weight and failure of each slot, from its training loss.
-
-        Slot-wise throughout (slot k's verdict uses slot k's loss alone), so the
-        fused path can call it for one client at a time.
-
-        Returns:
-          ``(weight f32[K], failed bool[K])``: weight is the client's examples
-          when its update is used (valid, finite, not failed), else 0.
+        A slot's weight is its client's examples when its update is used
+        (valid, finite, not failed by the failure rule), else 0.
         """
-        valid, slots = plan["valid"], plan["slots"]
-        failed, _ = self.failure.fails(state.fail_state, plan["k_fail"], slots,
-                                       jnp.where(finite, loss, jnp.inf))
+        failed = self.failure.judge(fail_draw, jnp.where(finite, loss, jnp.inf))
         failed = failed & valid & finite
         ok = valid & finite & ~failed
-        return jnp.where(ok, fd.n[slots], 0).astype(jnp.float32), failed
+        return jnp.where(ok, num_examples, 0).astype(jnp.float32), failed
 
-    def finish_round(self, state: RoundState, plan, result: local.LocalResult,
+    def finish_round(self, state: RoundState, plan: RoundPlan, result: local.LocalResult,
                      fd: FederatedData, reported=None):
-        """Failure rule and aggregation of K stacked client results, then :meth:`_close`.
+        """The second half: failure rule, aggregation of K stacked results, evaluation.
 
         Args:
           reported: optional bool[K], False for slots whose update never
             arrived (networked mode); they count as failed.
+
+        Returns:
+          ``(new RoundState, metrics dict of scalars)``.
         """
         finite = engine.finite_updates(result)
         if reported is not None:
             finite = finite | ~reported
-        weights, failed = self.slot_weights(state, plan, result.loss, finite, fd)
+        weights, failed = self._verdict(plan.valid, fd.n[plan.slots], plan.fail_draw,
+                                        result.loss, finite)
         if reported is not None:
-            failed = failed | (plan["valid"] & ~reported)
+            failed = failed | (plan.valid & ~reported)
             weights = jnp.where(reported, weights, 0.0)
         params, server_state = self.aggregator.apply(
             state.server_state, state.params, result.delta, weights, result.loss0)
         stats = engine.SlotStats(result.loss, result.loss0, result.steps, finite, weights)
         return self._close(state, plan, params, server_state, stats, failed, fd)
 
-    def _round_fused(self, state: RoundState, fd: FederatedData):
-        """A chunked round that sums client terms as it trains (no K-stacked deltas)."""
-        state, plan, shards = self.plan_round(state, fd)
-        k = plan["slots"].shape[0]
-
+    def _round_fused(self, state: RoundState, plan: RoundPlan, shards, fd: FederatedData):
+        """Trains and sums client terms in one pass (no K-stacked deltas)."""
         def weigh(i, res):
-            finite = engine.finite_update(res)
-            w, _ = self.slot_weights(state, plan, jnp.full(k, res.loss),
-                                     jnp.full(k, finite), fd)
-            return w[i]
+            w, _ = self._verdict(plan.valid[i], fd.n[plan.slots[i]], plan.fail_draw[i],
+                                 res.loss, engine.finite_update(res))
+            return w
 
-        sum_c_delta, sum_h, stats = engine.train_and_reduce(
-            self.local_train, state.params, shards, plan["steps"], plan["keys"], weigh,
-            self.aggregator.client_terms, chunk_size=self.chunk_size, mesh=self.mesh)
+        sum_c_delta, sum_h, stats = self.backend.reduce(
+            state.params, plan, shards, weigh, self.aggregator.client_terms)
         params, server_state = self.aggregator.finish(state.server_state, state.params,
                                                       sum_c_delta, sum_h)
-        failed = plan["valid"] & stats.finite & (stats.weight == 0)
+        failed = plan.valid & stats.finite & (stats.weight == 0)
         return self._close(state, plan, params, server_state, stats, failed, fd)
 
-    def _close(self, state: RoundState, plan, params, server_state, stats: engine.SlotStats,
-               failed, fd: FederatedData):
+    def _close(self, state: RoundState, plan: RoundPlan, params, server_state,
+               stats: engine.SlotStats, failed, fd: FederatedData):
         """Evaluation, selector and allocator updates, and the round's metrics."""
-        slots, valid = plan["slots"], plan["valid"]
+        slots, valid, available = plan.slots, plan.valid, plan.available
         ok = stats.weight > 0
         C = self.num_clients
         rnd = state.round + 1
@@ -368,16 +308,15 @@ class Simulation:
             due, lambda: self.evaluate(params, fd.x_test, fd.y_test, fd.n_test),
             lambda: evaluation.Evaluation(state.accuracy, state.loss, state.class_loss,
                                           jnp.zeros_like(state.class_loss)))
-        slot_mask = lambda m: jnp.zeros(C, bool).at[slots].max(m)
-        selected, participated = slot_mask(valid), slot_mask(ok)
-        available = plan["available"]
+        selected = selection.slot_mask(slots, valid, C)
+        participated = selection.slot_mask(slots, ok, C)
         cum_utility = state.cum_utility + jnp.where(participated, ev.accuracy, 0.0)
         participation = state.participation + participated.astype(jnp.int32)
         ever_available = state.ever_available | available
         select_state = self.selector.update(state.select_state, selection.Feedback(
             available=available, selected=selected, participated=participated,
             utility=ev.accuracy, loss=ev.loss))
-        alloc_state = self.allocator.update(state.alloc_state, slots, ok, plan["steps"],
+        alloc_state = self.allocator.update(state.alloc_state, slots, ok, plan.steps,
                                             ev.accuracy, ev.loss)
         selected_counts = jnp.sum(fd.label_hist * selected[:, None], axis=0)
         metrics = metrics_lib.round_metrics(
@@ -402,34 +341,25 @@ class Simulation:
         return new_state, metrics
 
     def _round(self, state: RoundState, fd: FederatedData):
-        self.trace_count += 1
-        if self.mode == "chunked":
-            return self._round_fused(state, fd)
+        """One whole round for an in-jit backend (traced once, inside ``jax.jit``)."""
         state, plan, shards = self.plan_round(state, fd)
-        result = self._train(state.params, shards, plan)
-        return self.finish_round(state, plan, result, fd)
+        if self.backend.reduce is not None:
+            return self._round_fused(state, plan, shards, fd)
+        result, reported = self.backend.train(state, plan, shards)
+        return self.finish_round(state, plan, result, fd, reported)
 
     def step(self, state: RoundState) -> tuple[RoundState, dict[str, jax.Array]]:
         """Runs one round; compiles on the first call only."""
-        if self.mode in HOST_MODES:
-            if self._pre_jit is None:
-                self._pre_jit = jax.jit(self.plan_round)
-                self._post_jit = jax.jit(self.finish_round)
-            self.trace_count = max(self.trace_count, 1)
-            state, plan, shards = self._pre_jit(state, self.data)
-            result, reported = self.train_on_host(state, plan, shards)
-            return self._post_jit(state, plan, result, self.data, reported)
+        if self.backend.on_host:
+            if self._plan_jit is None:
+                self._plan_jit = jax.jit(self.plan_round)
+                self._finish_jit = jax.jit(self.finish_round)
+            state, plan, shards = self._plan_jit(state, self.data)
+            result, reported = self.backend.train(state, plan, shards)
+            return self._finish_jit(state, plan, result, self.data, reported)
         if self._round_jit is None:
             self._round_jit = jax.jit(self._round)
         return self._round_jit(state, self.data)
-
-    def train_on_host(self, state: RoundState, plan, shards):
-        """Training outside the compiled round (loop mode; remote clients override it).
-
-        Returns:
-          ``(LocalResult with a leading K axis, reported bool[K] or None)``.
-        """
-        return self._train(state.params, shards, plan), None
 
     def test_accuracy(self, params) -> float:
         """Accuracy of ``params`` on the (possibly subset) global test set."""
@@ -437,19 +367,6 @@ class Simulation:
 
 
 # ------------------------------------------------------------------------- run
-
-
-def append_metrics(history: dict[str, list[float]], row: dict[str, float]) -> None:
-    """Appends one round's metrics, keeping every list one entry per round.
-
-    A metric missing from a round (``test_accuracy`` is only measured on some
-    rounds) is NaN there, so ``history[k][r]`` is always round r+1.
-    """
-    done = max((len(v) for v in history.values()), default=0)
-    for k in row:
-        history.setdefault(k, [float("nan")] * done)
-    for k, values in history.items():
-        values.append(row.get(k, float("nan")))
 
 
 def run(cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), *,
@@ -460,7 +377,8 @@ def run(cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), *,
 
     Args:
       cfg: the experiment config.
-      callbacks: :class:`Callback` objects (tracking, progress, checkpoints).
+      callbacks: :class:`~fsjax.callbacks.Callback` objects (tracking,
+        progress, checkpoints).
       dataset: use this data set instead of loading ``cfg.data``.
       state: resume from this state (e.g. a checkpoint); its ``round`` says
         how many rounds are done.
@@ -497,40 +415,11 @@ def run(cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), *,
             cb.on_error(sim, err)
         raise
     metrics = {k: np.asarray(v, np.float64) for k, v in values.items()}
-    clients = {k: np.asarray(v) for k, v in dict(
+    client_arrays = {k: np.asarray(v) for k, v in dict(
         accuracy=state.accuracy, loss=state.loss, participation=state.participation,
         cum_utility=state.cum_utility, num_examples=sim.data.n).items()}
-    hist = History(metrics, state.params, clients, test_acc, state, cfg,
+    hist = History(metrics, state.params, client_arrays, test_acc, state, cfg,
                    time.perf_counter() - t0)
     for cb in callbacks:
         cb.on_end(sim, hist)
     return hist
-
-
-class ProgressBar(Callback):
-    """A tqdm bar over rounds showing mean accuracy and the accuracy Jain index."""
-
-    def __init__(self, disable: bool = False):
-        self.disable = disable
-        self.bar = None
-
-    def on_start(self, sim: Simulation) -> None:
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=sim.config.rounds, desc=sim.config.name, unit="round",
-                        disable=self.disable, mininterval=0.5)
-
-    def on_round(self, sim, round_index, metrics, state) -> None:
-        if self.bar is None:
-            return
-        if self.bar.n == 0 and round_index > 1:   # resumed run
-            self.bar.update(round_index - 1)
-        self.bar.set_postfix(acc=f"{metrics['accuracy_mean']:.3f}",
-                             jain=f"{metrics['accuracy_jain']:.3f}", refresh=False)
-        self.bar.update(1)
-
-    def on_end(self, sim, history) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def on_error(self, sim, error) -> None:
-        self.on_end(sim, None)
