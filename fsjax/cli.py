@@ -1,32 +1,35 @@
 """Command-line interface: ``fsjax run | allocate | compare | serve | client | launch``.
 
-A thin shell over :func:`fsjax.config.load` and :func:`fsjax.simulation.run`:
+A thin argparse shell: ``run`` over :mod:`fsjax.runs` (which wraps
+:func:`fsjax.config.load` and :func:`fsjax.simulation.run`), ``allocate``
+over the allocation report, ``compare`` over tracking and plots, and the
+networked commands over :mod:`fsjax.serving.launch` (imported only for them,
+and only once the ``serve`` extra is known to be installed):
 
     fsjax run experiments/quick.yaml --set rounds=3 --set selection.name=fair_select
     fsjax run --resume outputs/quick-20261123-101500
     fsjax allocate experiments/fairsynergy/agents_example.yaml
     fsjax compare --experiment quick --metrics accuracy_mean accuracy_jain
+    fsjax launch experiments/quick.yaml --clients 4 --set rounds=2
 
-Bad arguments exit with code 2 and one line on stderr; a run that fails exits
-with code 1 and one line (the MLflow run is marked FAILED).
+``python -m fsjax`` and ``python -m fsjax.cli`` run the same :func:`main`.
+Bad arguments exit with code 2 and one line on stderr; a run that fails (or a
+missing optional extra) exits with code 1 and one line (the MLflow run is
+marked FAILED).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import time
-from pathlib import Path
+
+from fsjax import extras, runs
+# Re-exported: the names scripts used when the run wiring lived here.
+from fsjax.runs import CHECKPOINT, UsageError, new_run_dir, print_summary  # noqa: F401
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-CHECKPOINT = "checkpoint.msgpack"
-
-
-class UsageError(Exception):
-    """Bad command-line arguments or config (exit code 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,109 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------- run
 
 
-def new_run_dir(parent: str | Path, name: str) -> Path:
-    """``parent/<name>-<YYYYmmdd-HHMMSS>`` (suffixed if taken), created."""
-    base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, i = base, 1
-    while path.exists():
-        path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    try:
-        path.mkdir(parents=True)
-    except OSError as err:
-        raise ValueError(f"output dir {str(parent)!r} is not writable: {err.strerror}") from None
-    return path
-
-
-def resolve_run_config(args):
-    """(config, run_dir, resuming) from ``run``'s arguments."""
-    from fsjax import config
-
-    if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise UsageError(f"--resume {args.resume}: no config.yaml there (not a run dir)")
-        cfg = config.load(saved, args.overrides)
-        if args.config:
-            given = config.load(args.config, args.overrides)
-            if dataclasses.replace(given, rounds=cfg.rounds) != cfg:
-                raise UsageError(f"--resume {args.resume}: {args.config} differs from the "
-                                 "run's config.yaml (only rounds may change)")
-        return cfg, run_dir, True
-    if not args.config:
-        raise UsageError("fsjax run: a CONFIG file is required (or --resume RUN_DIR)")
-    cfg = config.load(args.config, args.overrides)
-    return cfg, new_run_dir(args.output_dir or cfg.output_dir, cfg.name), False
-
-
 def run_experiment(args, extra_callbacks=()):
-    """Runs ``fsjax run``; returns the History. Raises UsageError/ValueError on bad input."""
+    """Runs ``fsjax run`` from its parsed arguments; returns the History.
+
+    Raises:
+      UsageError: bad arguments or config (exit code 2).
+    """
     try:
-        cfg, run_dir, resuming = resolve_run_config(args)
+        cfg, run_dir, resuming = runs.resolve_run_config(
+            args.config, args.overrides, resume=args.resume, output_dir=args.output_dir)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return run_in_dir(args, cfg, run_dir, resuming, extra_callbacks=extra_callbacks)
-
-
-def run_in_dir(args, cfg, run_dir, resuming, *, make_sim=None, extra_callbacks=()):
-    """The run wiring shared by ``fsjax run`` and ``fsjax serve``.
-
-    Writes the config, builds the simulation (``make_sim(cfg)``, default
-    :class:`fsjax.simulation.Simulation`; the networked server passes its own),
-    restores the checkpoint when resuming, and runs it with the progress bar,
-    CSV, checkpoint and MLflow callbacks. Uses ``args.no_track``,
-    ``args.tracking_uri``, ``args.experiment`` and ``args.quiet``.
-    """
-    from fsjax import checkpoint, config, simulation, tracking
-
-    if not args.no_track:
-        tracking.check_tracking_uri(tracking.resolve_tracking_uri(args.tracking_uri))
-    if not resuming:
-        (run_dir / "config.yaml").write_text(config.dump(cfg))
-    sim = (make_sim or simulation.Simulation)(cfg)
-    if not args.quiet:
-        print(sim.describe(), flush=True)
-    state, history, test_acc = None, {}, {}
-    if resuming:
-        state, history, test_acc = checkpoint.load(run_dir / CHECKPOINT, sim.init())
-        logging.getLogger("fsjax").info("resuming %s after round %d", run_dir, int(state.round))
-    callbacks = [simulation.ProgressBar(disable=args.quiet),
-                 tracking.CsvLogger(run_dir, history),
-                 checkpoint.Checkpointer(run_dir / CHECKPOINT, cfg.checkpoint_every, history,
-                                         test_acc)]
-    tracker = None
-    if not args.no_track:
-        info = tracking.load_run_info(run_dir) if resuming else {}
-        tracker = tracking.MlflowTracker(args.tracking_uri or info.get("tracking_uri"),
-                                         args.experiment, run_dir, run_id=info.get("run_id"))
-        callbacks.append(tracker)
-    callbacks += list(extra_callbacks)
-    hist = simulation.run(cfg, callbacks, state=state, history=history, sim=sim)
-    hist.test_accuracy = {**test_acc, **hist.test_accuracy}
-    if not args.quiet:
-        print_summary(hist, run_dir, tracker.uri if tracker else None)
-    return hist
-
-
-def print_summary(hist, run_dir, tracking_uri) -> None:
-    from fsjax.tracking import ordered_columns
-
-    names = [n for n in ordered_columns(hist.metrics) if n not in ("round_seconds",)]
-    width = max(len(n) for n in names)
-    print(f"\nfinal metrics after {len(hist.metrics['accuracy_mean'])} rounds "
-          f"({hist.seconds:.1f} s):")
-    for n in names:
-        values = [v for v in hist.metrics[n] if v == v]
-        print(f"  {n:<{width}}  {values[-1] if values else float('nan'):.4f}")
-    print(f"\nrun directory: {run_dir}")
-    if tracking_uri:
-        print(f"open the MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}")
+    return runs.run_in_dir(cfg, run_dir, resuming, tracking_uri=args.tracking_uri,
+                           experiment=args.experiment, no_track=args.no_track,
+                           quiet=args.quiet, extra_callbacks=extra_callbacks)
 
 
 # ----------------------------------------------------------------- dispatch
 
 
 def _compare(args) -> int:
+    extras.require("track", "fsjax compare")
     from fsjax import plots, tracking
 
     hists = tracking.fetch_histories(args.tracking_uri, args.runs, args.experiment, args.metrics)
@@ -247,15 +168,17 @@ def _dispatch(args) -> int:
         run_experiment(args)
         return 0
     if args.command == "allocate":
-        from fsjax import allocation_report
-        return allocation_report.main(args.file, alpha=args.alpha, plot=args.plot)
+        from fsjax.allocation import report  # lazily, as each command imports its own parts
+        return report.main(args.file, alpha=args.alpha, plot=args.plot)
     if args.command == "compare":
         return _compare(args)
-    from serving import launch  # the networked commands live in serving/
+    extras.require("serve", f"fsjax {args.command}")
+    from fsjax.serving import launch  # the networked commands (repository folder serving/)
     return launch.dispatch(args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -264,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         quiet = getattr(args, "quiet", False)
-        for name in ("fsjax", "serving"):
-            logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+        logging.getLogger("fsjax").setLevel(logging.WARNING if quiet else logging.INFO)
         return _dispatch(args)
     except UsageError as err:
         print(f"fsjax: error: {err}", file=sys.stderr)
@@ -273,13 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fsjax: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, extras.MissingExtra) as err:
         print(f"fsjax: error: {err}", file=sys.stderr)
         return EXIT_FAILED
 
 
 if __name__ == "__main__":
-    # Run the importable fsjax.cli, not this __main__ copy: serving raises
-    # fsjax.cli.UsageError, which main() must recognise (python -m fsjax.cli).
-    from fsjax.cli import main as _main
-    sys.exit(_main())
+    sys.exit(main())

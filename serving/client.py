@@ -16,10 +16,11 @@ Protocol (push, like the study's clients):
    client register again, ``done: true`` ends it;
 4. on ``POST /train {round, steps, key, client_id}`` (answered ``202`` at
    once), a worker thread fetches ``GET /model``, checks its round, trains, and
-   posts ``POST /update`` (msgpack, :mod:`serving.wire`).
+   posts ``POST /update`` (msgpack, :mod:`fsjax.serving.wire`).
 
 Every call to the server retries with exponential backoff while the server is
-unreachable or answers 5xx (registration, model fetch, update, status); a 4xx
+unreachable or answers 5xx (registration, model fetch, update, status), for
+up to ``give_up_after`` seconds (:func:`fsjax.serving.web.session`); a 4xx
 answer is logged and not retried.
 
 Example:
@@ -41,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsjax import local, models, simulation
+from fsjax import local, simulation
 from fsjax.config import ExperimentConfig
-from serving import web, wire
+from fsjax.serving import web, wire
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,14 @@ class Client:
                                    for a in (sim.data.x, sim.data.y, sim.data.n)))
         self.num_examples = int(sim.data.n[client_id])
         self.label_histogram = [float(v) for v in np.asarray(sim.data.label_hist[client_id])]
-        params = models.init_params(sim.model, jax.random.PRNGKey(0), sim.dataset.image_shape)
-        self.template = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), params)
+        self.template = wire.params_template(sim.model, sim.dataset.image_shape)
         self.max_bytes = wire.default_max_bytes(self.template)
         self._train = jax.jit(sim.local_train)
-        del sim, params
+        del sim
         gc.collect()
         self.jobs: queue.Queue[TrainJob] = queue.Queue(maxsize=16)
         self.stop = threading.Event()
+        self.http = web.session(give_up_after, max_delay=RETRY_MAX_DELAY, stop=self.stop)
         self.registered = threading.Event()
         self.last_round = 0
         self.last_latency: float | None = None
@@ -126,18 +127,15 @@ class Client:
 
     # --------------------------------------------------------- server calls
 
-    def _call(self, method: str, path: str, body=None, what: str = "", timeout: float = 30.0):
-        return web.with_backoff(
-            lambda: web.call(method, self.server_url + path, body=body, token=self.token,
-                             timeout=timeout),
-            what=what or f"{method} {path}", give_up_after=self.give_up_after,
-            max_delay=RETRY_MAX_DELAY, stop=self.stop)
+    def _call(self, method: str, path: str, body=None, timeout: float = 30.0):
+        return web.call(method, self.server_url + path, body=body, token=self.token,
+                        timeout=timeout, http=self.http)
 
     def register(self) -> None:
         """``POST /register`` (retrying while the server is down)."""
         self._call("POST", "/register", {
             "client_id": self.client_id, "num_examples": self.num_examples,
-            "label_histogram": self.label_histogram, "url": self.url}, what="register")
+            "label_histogram": self.label_histogram, "url": self.url})
         self.registered.set()
         log.info("client %d registered with %s as %s", self.client_id, self.server_url,
                  self.url)
@@ -148,7 +146,7 @@ class Client:
         if self.last_latency is not None:
             body["latency"] = self.last_latency
         try:
-            out = json.loads(self._call("POST", "/status", body, what="status", timeout=10))
+            out = json.loads(self._call("POST", "/status", body, timeout=10))
         except web.HttpError as err:
             if err.status != 404:
                 raise
@@ -164,7 +162,7 @@ class Client:
         if self.train_delay:
             if self.stop.wait(self.train_delay):
                 return False
-        data = self._call("GET", "/model", what=f"model for round {job.round}")
+        data = self._call("GET", "/model")
         params, model_round = wire.decode_model(data, self.template, self.max_bytes)
         if model_round != job.round:
             log.info("client %d: skipping round %d (the server is at round %d)",
@@ -175,8 +173,7 @@ class Client:
         self.last_latency = time.perf_counter() - t0
         update = wire.Update(self.client_id, job.round, self.num_examples, float(out.loss),
                              float(out.loss0), int(out.steps), out.delta)
-        self._call("POST", "/update", wire.encode_update(update),
-                   what=f"update for round {job.round}")
+        self._call("POST", "/update", wire.encode_update(update))
         self.last_round = job.round
         return True
 

@@ -1,9 +1,9 @@
 """``fsjax serve | client | launch``: the networked commands, as processes.
 
-- :func:`serve`: the server app (:mod:`serving.server`) under waitress, the
-  rounds in a background thread with the wiring of ``fsjax run``
-  (:func:`fsjax.cli.run_in_dir`); SIGTERM/Ctrl-C stop it (MLflow: KILLED).
-- :func:`run_client`: one client (:mod:`serving.client`): build, compile,
+- :func:`serve`: the server app (:mod:`fsjax.serving.server`) under waitress,
+  the rounds in a background thread with the wiring of ``fsjax run``
+  (:func:`fsjax.runs.run_in_dir`); SIGTERM/Ctrl-C stop it (MLflow: KILLED).
+- :func:`run_client`: one client (:mod:`fsjax.serving.client`): build, compile,
   serve ``/train``, register, work until the run is done.
 - :func:`launch`: a server and N clients on loopback.
 
@@ -12,8 +12,8 @@ loopback: it sets ``partition.num_clients=N`` (and clamps
 ``selection.clients_per_round`` to N), says so, makes the run directory under
 ``--output-dir`` or the config's ``output_dir``, and starts
 
-- ``python -m fsjax.cli serve CONFIG ... --run-dir RUN_DIR`` on a free port;
-- N × ``python -m fsjax.cli client CONFIG ... --client-id i --port 0``,
+- ``python -m fsjax serve CONFIG ... --run-dir RUN_DIR`` on a free port;
+- N × ``python -m fsjax client CONFIG ... --client-id i --port 0``,
 
 each in its own process group, with a shared random ``FSJAX_TOKEN`` unless
 one is set. It waits for the server to finish the run (the run directory
@@ -21,13 +21,15 @@ and MLflow run are then the same as ``fsjax run``'s), terminates the clients
 and returns the server's exit code. Ctrl-C (or SIGTERM) stops the server
 first, so its MLflow run is marked KILLED, then the clients.
 
+Each command takes the ``argparse.Namespace`` that :func:`fsjax.cli.build_parser`
+makes; errors in the arguments raise :class:`fsjax.runs.UsageError`.
+
 Example:
   $ fsjax launch experiments/quick.yaml --clients 4 --set rounds=2
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
@@ -39,21 +41,23 @@ import threading
 import time
 from pathlib import Path
 
-from serving import web
+from fsjax import runs
+from fsjax.serving import web
 
 log = logging.getLogger(__name__)
 
 
 def dispatch(args) -> int:
     """Runs the ``serve``, ``client`` or ``launch`` command; returns the exit code."""
+    # fsjax.serving.web logs each retry (INFO); urllib3's own WARNING per retry is noise.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     if args.command == "serve":
         return serve(args)
     if args.command == "client":
         return run_client(args)
     if args.command == "launch":
         return launch(args)
-    from fsjax.cli import UsageError
-    raise UsageError(f"unknown command {args.command!r}")
+    raise runs.UsageError(f"unknown command {args.command!r}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -110,20 +114,21 @@ def terminate(procs, grace: float = 15.0) -> None:
 
 def launch(args) -> int:
     """``fsjax launch``: server + ``args.clients`` clients; returns the server's exit code."""
-    from fsjax import cli, tracking
+    from fsjax import extras, tracking
 
     try:
         overrides, cfg, note = launch_overrides(args.config, args.overrides, args.clients)
     except ValueError as err:
-        raise cli.UsageError(str(err)) from None
+        raise runs.UsageError(str(err)) from None
     print(note, flush=True)
     if not args.no_track:
+        extras.require("track", "MLflow tracking (off with --no-track)")
         tracking.check_tracking_uri(tracking.resolve_tracking_uri(args.tracking_uri))
-    run_dir = cli.new_run_dir(args.output_dir or cfg.output_dir, cfg.name)
+    run_dir = runs.new_run_dir(args.output_dir or cfg.output_dir, cfg.name)
     env = dict(os.environ, FSJAX_TOKEN=web.resolve_token(None) or secrets.token_urlsafe(32))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    fsjax = [sys.executable, "-m", "fsjax.cli"]
+    fsjax = [sys.executable, "-m", "fsjax"]
     sets = [x for o in overrides for x in ("--set", o)]
     server_cmd = [*fsjax, "serve", args.config, *sets, "--host", "127.0.0.1", "--port",
                   str(port), "--run-dir", str(run_dir), "--round-timeout",
@@ -176,16 +181,14 @@ def resolve_serve_config(args):
     a ``--run-dir`` without one starts a fresh run there; no ``--run-dir``
     makes a new one under ``--output-dir`` or the config's ``output_dir``.
     """
-    from fsjax import cli, config
+    from fsjax import config
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    if run_dir is not None and (run_dir / cli.CHECKPOINT).is_file():
-        return cli.resolve_run_config(argparse.Namespace(
-            resume=str(run_dir), config=args.config, overrides=args.overrides,
-            output_dir=None))
+    if run_dir is not None and (run_dir / runs.CHECKPOINT).is_file():
+        return runs.resolve_run_config(args.config, args.overrides, resume=run_dir)
     cfg = config.load(args.config, args.overrides)
     if run_dir is None:
-        return cfg, cli.new_run_dir(args.output_dir or cfg.output_dir, cfg.name), False
+        return cfg, runs.new_run_dir(args.output_dir or cfg.output_dir, cfg.name), False
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -197,16 +200,15 @@ def serve(args) -> int:
     """``fsjax serve``: the app under waitress, the rounds in a background thread."""
     import waitress
 
-    from fsjax import cli
-    from serving import server
+    from fsjax.serving import server
 
     try:
         cfg, run_dir, resuming = resolve_serve_config(args)
     except ValueError as err:
-        raise cli.UsageError(str(err)) from None
-    sim = server.RemoteSimulation(cfg)
-    coord = server.Coordinator(sim, round_timeout=args.round_timeout,
+        raise runs.UsageError(str(err)) from None
+    coord = server.Coordinator(cfg, round_timeout=args.round_timeout,
                                register_timeout=args.register_timeout)
+    sim = coord.sim
     app = server.create_app(cfg, coord)
     # Enough threads for every client's heartbeat and update at once, within reason.
     threads = max(8, min(64, sim.num_clients + 4))
@@ -221,8 +223,10 @@ def serve(args) -> int:
 
     def rounds():
         try:
-            cli.run_in_dir(args, cfg, run_dir, resuming, make_sim=lambda _: sim,
-                           extra_callbacks=[coord.callback()])
+            runs.run_in_dir(cfg, run_dir, resuming, tracking_uri=args.tracking_uri,
+                            experiment=args.experiment, no_track=args.no_track,
+                            quiet=args.quiet, make_sim=lambda _: sim,
+                            extra_callbacks=[coord.callback()])
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
             coord.callback().on_error(sim, err)
@@ -262,22 +266,22 @@ def run_client(args) -> int:
     """``fsjax client``: build, compile, serve, register, then work until done."""
     import waitress
 
-    from fsjax import cli, config
-    from serving.client import Client, create_app
+    from fsjax import config
+    from fsjax.serving.client import Client, create_app
 
     cid = args.client_id
     if cid is None:
         env = os.environ.get("FSJAX_CLIENT_ID", "")
         if not env.strip().isdigit():
-            raise cli.UsageError("fsjax client: --client-id (or FSJAX_CLIENT_ID) is required")
+            raise runs.UsageError("fsjax client: --client-id (or FSJAX_CLIENT_ID) is required")
         cid = int(env)
     server_url = args.server or os.environ.get("FSJAX_SERVER_URL")
     if not server_url:
-        raise cli.UsageError("fsjax client: --server (or FSJAX_SERVER_URL) is required")
+        raise runs.UsageError("fsjax client: --server (or FSJAX_SERVER_URL) is required")
     try:
         cfg = config.load(args.config, args.overrides)
     except ValueError as err:
-        raise cli.UsageError(str(err)) from None
+        raise runs.UsageError(str(err)) from None
     client = Client(cfg, cid, server_url, heartbeat=args.heartbeat,
                     give_up_after=args.give_up_after, train_delay=args.train_delay)
     client.warm_up()

@@ -1,11 +1,13 @@
 """The federated server: a Flask app over the same round code as the simulation.
 
-The server builds a :class:`RemoteSimulation` (a :class:`fsjax.simulation.
-Simulation` whose local training happens in client processes) and
-``fsjax serve`` (:func:`serving.launch.serve`) runs it with
-:func:`fsjax.cli.run_in_dir`, the wiring of ``fsjax run``: the same progress
-bar, CSV files, checkpoints and MLflow run, the same metrics. Each round, in a
-background thread:
+The :class:`Coordinator` builds the experiment's :class:`fsjax.simulation.
+Simulation` with a host training backend named ``"networked"``
+(``fsjax.backends.host("networked", coordinator.train_round)``): local
+training happens in client processes, everything else is the simulation's
+own round. ``fsjax serve`` (:func:`fsjax.serving.launch.serve`) runs it with
+:func:`fsjax.runs.run_in_dir`, the wiring of ``fsjax run``: the same progress
+bar, CSV files, checkpoints and MLflow run (``engine_mode`` tag
+``networked``), the same metrics. Each round, in a background thread:
 
 1. ``plan_round`` (jitted once) runs the configured availability model and
    selector with the run's PRNG keys, so the selection equals the
@@ -35,8 +37,8 @@ Endpoints (JSON unless said; errors are 4xx ``{"error": "..."}``):
 - ``GET /health``: ``{"ok": true, ...}``.
 - ``POST /register`` ``{client_id, num_examples, label_histogram, url}``.
 - ``POST /status`` ``{client_id, available, latency}``; answers ``{round, done}``.
-- ``GET /model``: msgpack ``{round, params}`` (:mod:`serving.wire`).
-- ``POST /update``: msgpack :class:`serving.wire.Update`.
+- ``GET /model``: msgpack ``{round, params}`` (:mod:`fsjax.serving.wire`).
+- ``POST /update``: msgpack :class:`fsjax.serving.wire.Update`.
 - ``GET /status``: round, registered clients, the open round, last metrics.
 
 With ``FSJAX_TOKEN`` set, every POST and ``GET /model`` need
@@ -61,31 +63,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from fsjax import local, models, simulation
+from fsjax import backends, callbacks, local, simulation
 from fsjax.config import ExperimentConfig
-from serving import web, wire
+from fsjax.serving import web, wire
 
 log = logging.getLogger(__name__)
 
 
 class ServerStopped(KeyboardInterrupt):
     """Raised in the round thread when the server is asked to stop (MLflow: KILLED)."""
-
-
-class RemoteSimulation(simulation.Simulation):
-    """A :class:`Simulation` whose local training is done by ``train_remote``.
-
-    ``train_remote(state, plan) -> (LocalResult with a leading K axis,
-    reported bool[K])`` is set by the :class:`Coordinator`.
-    """
-
-    def __init__(self, cfg: ExperimentConfig, **kwargs):
-        super().__init__(cfg, **kwargs)
-        self.mode, self.chunk_size = "networked", None   # shown in describe() and MLflow tags
-        self.train_remote = None
-
-    def train_on_host(self, state, plan, shards):
-        return self.train_remote(state, plan)
 
 
 @dataclasses.dataclass
@@ -108,10 +94,16 @@ class OpenRound:
 
 
 class Coordinator:
-    """Registry, round bookkeeping and the remote half of each round (thread-safe).
+    """The networked simulation, its client registry and round bookkeeping (thread-safe).
+
+    Builds ``self.sim``, the config's :class:`fsjax.simulation.Simulation`
+    with the host backend ``"networked"`` whose training is
+    :meth:`train_round` (push the round to the selected clients, collect
+    their updates).
 
     Args:
-      sim: the :class:`RemoteSimulation`; its ``train_remote`` is set here.
+      config: the experiment config.
+      dataset: use this data set instead of loading ``config.data``.
       token: the shared token (default ``$FSJAX_TOKEN``; ``""`` = none).
       round_timeout: seconds a round waits for the selected clients.
       register_timeout: seconds to wait for all clients before round 1.
@@ -119,22 +111,21 @@ class Coordinator:
       max_bytes: body size limit (default: twice the params' size plus 64 KiB).
     """
 
-    def __init__(self, sim: RemoteSimulation, *, token: str | None = None,
+    def __init__(self, config: ExperimentConfig, *, dataset=None, token: str | None = None,
                  round_timeout: float = 60.0, register_timeout: float = 300.0,
                  push_timeout: float = 5.0, max_bytes: int | None = None):
         if round_timeout <= 0 or register_timeout < 0:
             raise ValueError(f"round_timeout={round_timeout}, register_timeout="
                              f"{register_timeout}: expected > 0 and >= 0 seconds")
-        self.sim = sim
-        sim.train_remote = self.train_round
-        self.config = sim.config
+        self.sim = sim = simulation.Simulation(
+            config, dataset, backend=backends.host("networked", self.train_round))
+        self.config = config
         self.num_clients = sim.num_clients
         self.token = web.resolve_token(token)
         self.round_timeout = round_timeout
         self.register_timeout = register_timeout
         self.push_timeout = push_timeout
-        params = models.init_params(sim.model, jax.random.PRNGKey(0), sim.dataset.image_shape)
-        self.template = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), params)
+        self.template = wire.params_template(sim.model, sim.dataset.image_shape)
         self.max_bytes = max_bytes or wire.default_max_bytes(self.template)
         self._n = np.asarray(sim.data.n)
         self._hist = np.asarray(sim.data.label_hist)
@@ -148,6 +139,8 @@ class Coordinator:
         self.error: str | None = None
         self.stopping = False
         self._waited = False
+        # Pushes give up after a second: an unreachable client fails its slot at once.
+        self._http = web.session(give_up_after=1.0, backoff=0.05)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, min(32, sim.num_slots)), thread_name_prefix="fsjax-push")
 
@@ -314,11 +307,8 @@ class Coordinator:
         try:
             if rec is None:
                 raise web.Unavailable("not registered")
-            web.with_backoff(
-                lambda: web.call("POST", f"{rec.url}/train", body=job, token=self.token,
-                                 timeout=self.push_timeout),
-                what=f"push round {job['round']} to client {cid}", give_up_after=1.0,
-                first_delay=0.1)
+            web.call("POST", f"{rec.url}/train", body=job, token=self.token,
+                     timeout=self.push_timeout, http=self._http)
         except Exception as err:  # noqa: BLE001 - any failure means no update is coming
             log.warning("round %d: client %d unreachable: %s", job["round"], cid, err)
             with self.cond:
@@ -326,14 +316,25 @@ class Coordinator:
                     self.current.unreachable.add(cid)
                     self.cond.notify_all()
 
-    def train_round(self, state, plan):
-        """The remote half of a round: push, wait, collect (``RemoteSimulation.train_remote``)."""
+    def train_round(self, state, plan, shards=None):
+        """The networked backend's training: push the round, wait, collect.
+
+        Args:
+          state: the round state (``params``, ``round``).
+          plan: the :class:`fsjax.simulation.RoundPlan` (``slots``, ``valid``,
+            ``steps``, ``keys``; K slots).
+          shards: unused (each client holds its own shard).
+
+        Returns:
+          ``(LocalResult with a leading K axis, reported bool[K])``: zeros and
+          False where no update came before the deadline.
+        """
         if not self._waited:
             self.wait_for_clients()
             self._waited = True
         round_ = int(state.round) + 1
-        slots, valid, steps, keys = (np.asarray(plan[k]) for k in ("slots", "valid", "steps",
-                                                                   "keys"))
+        slots, valid, steps, keys = (np.asarray(a) for a in (plan.slots, plan.valid,
+                                                             plan.steps, plan.keys))
         selected = {int(slots[k]): k for k in np.flatnonzero(valid)}
         asked = {c: int(steps[k]) for c, k in selected.items()}
         self.open_round(round_, jax.device_get(state.params), selected, asked)
@@ -354,10 +355,11 @@ class Coordinator:
             if self.stopping:
                 raise ServerStopped("server stopped")
         cur = self.close_round()
-        missing = sorted(set(selected) - set(cur.received))
-        if missing:
-            log.warning("round %d: no update from clients %s after %.1f s (counted as failed)",
-                        round_, missing, time.monotonic() - t0)
+        # Unreachable clients were logged by _push; these are the ones the round waited for.
+        late = sorted(set(selected) - set(cur.received) - cur.unreachable)
+        if late:
+            log.warning("round %d: no update from clients %s by the deadline (%.1f s; "
+                        "counted as failed)", round_, late, time.monotonic() - t0)
         return self._result(cur, len(slots)), np.asarray(
             [bool(valid[k]) and int(slots[k]) in cur.received for k in range(len(slots))])
 
@@ -376,12 +378,12 @@ class Coordinator:
         """Stops the push threads (pending pushes are dropped)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def callback(self) -> "simulation.Callback":
+    def callback(self) -> callbacks.Callback:
         """The run callback that publishes metrics and the end of the run."""
         return _StatusCallback(self)
 
 
-class _StatusCallback(simulation.Callback):
+class _StatusCallback(callbacks.Callback):
     def __init__(self, coord: Coordinator):
         self.coord = coord
 
@@ -411,14 +413,14 @@ def create_app(config: ExperimentConfig, coordinator: Coordinator | None = None,
       config: the experiment config.
       coordinator: an existing :class:`Coordinator` (built from ``config`` and
         ``kwargs`` when omitted; the round loop is not started here, see
-        :func:`serving.launch.serve`).
+        :func:`fsjax.serving.launch.serve`).
 
     Returns:
       A Flask app; ``app.extensions["fsjax"]`` is the coordinator.
     """
     from flask import Flask, Response, jsonify, request
 
-    coord = coordinator or Coordinator(RemoteSimulation(config), **kwargs)
+    coord = coordinator or Coordinator(config, **kwargs)
     app = Flask("fsjax-server")
     app.config["MAX_CONTENT_LENGTH"] = coord.max_bytes
     app.extensions["fsjax"] = coord

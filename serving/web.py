@@ -6,14 +6,19 @@ only for a bug, which is logged and never kills the process);
 :func:`check_token` enforces the shared ``FSJAX_TOKEN``; :func:`json_body`
 and the ``*_field`` helpers validate JSON bodies.
 
-Caller side (stdlib ``urllib``): :func:`call` makes one request and sorts
-failures into :class:`Unavailable` (connection refused, timeout, 5xx: worth
-retrying) and :class:`HttpError` (a 4xx answer: not worth retrying), and
-:func:`with_backoff` retries a call with exponential backoff.
+Caller side (``requests`` with urllib3's retries): :func:`session` makes a
+``requests.Session`` whose calls retry, with exponential backoff, while the
+peer is unreachable or answers 5xx, for at most ``give_up_after`` seconds
+(:class:`Retry`); :func:`call` makes one request on it and sorts what is left
+into :class:`Unavailable` (no connection, a timeout, 5xx: retrying gave up)
+and :class:`HttpError` (a 4xx answer: never retried).
 
 Example:
-  >>> body = call("GET", "http://127.0.0.1:8080/health")            # doctest: +SKIP
-  >>> with_backoff(lambda: call("GET", url), what="model", give_up_after=30)  # doctest: +SKIP
+  >>> http = session(give_up_after=30)
+  >>> http.get_adapter("http://127.0.0.1").max_retries.give_up_after
+  30
+  >>> call("GET", "http://127.0.0.1:8080/health", http=http)   # doctest: +SKIP
+  b'{"ok": true, ...}'
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import math
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Callable
+
+import requests
+from urllib3.util import Retry as _Retry
 
 log = logging.getLogger(__name__)
 
@@ -192,28 +197,107 @@ class HttpError(Exception):
 
 
 class Unavailable(Exception):
-    """The peer could not be reached or answered 5xx: worth retrying."""
+    """The peer could not be reached or answered 5xx (after any retries)."""
 
 
-# Federated peers talk directly; an environment proxy would break loopback runs.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+class Retry(_Retry):
+    """urllib3's ``Retry`` with a time budget instead of a count.
+
+    Retries connection errors, timeouts and 5xx answers, for any method,
+    waiting ``0, 2b, 4b, 8b...`` seconds (``b = backoff``, capped at
+    ``max_delay``) before the tries; gives up when the next try would start
+    more than ``give_up_after`` seconds after the first failure, or when
+    ``stop`` is set (which also cuts a wait short).
+
+    Args:
+      give_up_after: seconds of failures after which the call fails.
+      backoff: urllib3's ``backoff_factor``.
+      max_delay: the longest wait between tries.
+      stop: an optional event that ends the retrying.
+    """
+
+    def __init__(self, give_up_after: float = 60.0, *, backoff: float = 0.1,
+                 max_delay: float = 5.0, stop: threading.Event | None = None, **kwargs):
+        kwargs.setdefault("total", None)
+        kwargs.setdefault("allowed_methods", None)           # POST too: peers dedupe
+        kwargs.setdefault("status_forcelist", range(500, 600))
+        kwargs.setdefault("raise_on_status", False)          # the last 5xx answer is kept
+        kwargs.setdefault("backoff_factor", backoff)
+        kwargs.setdefault("backoff_max", max_delay)
+        super().__init__(**kwargs)
+        self.give_up_after, self.stop, self.first_failure = give_up_after, stop, None
+
+    def new(self, **kw) -> "Retry":
+        # Called by increment() after each failure; the clock starts at the first one.
+        out = super().new(**kw)
+        out.give_up_after, out.stop = self.give_up_after, self.stop
+        out.first_failure = self.first_failure or time.monotonic()
+        return out
+
+    def is_exhausted(self) -> bool:
+        if self.first_failure is None:
+            return super().is_exhausted()
+        late = time.monotonic() + self.get_backoff_time() - self.first_failure
+        return (late >= self.give_up_after or (self.stop is not None and self.stop.is_set())
+                or super().is_exhausted())
+
+    def sleep(self, response=None) -> None:
+        if response is not None and self.respect_retry_after_header \
+                and self.sleep_for_retry(response):
+            return
+        delay = self.get_backoff_time()
+        if self.history:
+            last = self.history[-1]
+            log.info("%s %s: %s; retrying in %.1f s", last.method, last.url,
+                     last.error or f"HTTP {last.status}", delay)
+        if delay > 0:
+            if self.stop is not None:
+                self.stop.wait(delay)
+            else:
+                time.sleep(delay)
+
+
+def session(give_up_after: float = 0.0, **retry) -> requests.Session:
+    """A ``requests.Session`` whose calls retry for ``give_up_after`` seconds.
+
+    Federated peers talk directly: the environment's proxies and ``.netrc`` are
+    ignored (a proxy would break loopback runs). One session serves many
+    threads (each request checks a connection out of urllib3's pool).
+
+    Args:
+      give_up_after: seconds of failures before a call gives up (0: no retry).
+      **retry: ``backoff``, ``max_delay``, ``stop`` for :class:`Retry`.
+    """
+    http = requests.Session()
+    http.trust_env = False
+    adapter = requests.adapters.HTTPAdapter(max_retries=Retry(give_up_after, **retry))
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
+    return http
+
+
+_DEFAULT = threading.local()
 
 
 def call(method: str, url: str, *, body: bytes | dict | None = None, token: str | None = None,
-         timeout: float = 10.0) -> bytes:
-    """One HTTP request; returns the response body.
+         timeout: float = 10.0, http: requests.Session | None = None) -> bytes:
+    """One HTTP request (retried as ``http`` says); returns the response body.
 
     Args:
       method: ``"GET"`` or ``"POST"``.
       url: the full URL.
       body: bytes (sent as msgpack) or a dict (sent as JSON).
       token: sent as ``Authorization: Bearer <token>`` when given.
-      timeout: seconds for connecting and for each read.
+      timeout: seconds for connecting and for each read, per try.
+      http: the session (:func:`session`); default one without retries.
 
     Raises:
       HttpError: a 4xx answer (its JSON ``error`` in the message).
-      Unavailable: no connection, a timeout, or a 5xx answer.
+      Unavailable: no connection, a timeout, or a 5xx answer, after the retries.
     """
+    if http is None:
+        http = getattr(_DEFAULT, "session", None) or session()
+        _DEFAULT.session = http
     headers = {"Accept": "application/json"}
     data = None
     if isinstance(body, dict):
@@ -222,47 +306,26 @@ def call(method: str, url: str, *, body: bytes | dict | None = None, token: str 
         data, headers["Content-Type"] = bytes(body), MSGPACK
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            return resp.read()
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        try:
-            message = json.loads(raw)["error"]
-        except Exception:  # noqa: BLE001 - not our JSON (a proxy, waitress itself)
-            message = raw[:200].decode("utf-8", "replace")
-        if err.code >= 500:
-            raise Unavailable(f"{method} {url}: HTTP {err.code}: {message}") from None
-        raise HttpError(err.code, message) from None
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        # ValueError: http.client errors on a half-closed connection.
-        reason = getattr(err, "reason", err)
-        raise Unavailable(f"{method} {url}: {reason}") from None
+        resp = http.request(method, url, data=data, headers=headers, timeout=timeout,
+                            allow_redirects=False)
+    except requests.RequestException as err:
+        raise Unavailable(f"{method} {url}: {_reason(err)}") from None
+    if resp.status_code < 400:
+        return resp.content
+    try:
+        message = resp.json()["error"]
+    except Exception:  # noqa: BLE001 - not our JSON (a proxy, waitress itself)
+        message = resp.content[:200].decode("utf-8", "replace")
+    if resp.status_code >= 500:
+        raise Unavailable(f"{method} {url}: HTTP {resp.status_code}: {message}")
+    raise HttpError(resp.status_code, message)
 
 
-def with_backoff(fn: Callable[[], Any], *, what: str, give_up_after: float = 60.0,
-                 first_delay: float = 0.2, max_delay: float = 5.0,
-                 stop: threading.Event | None = None) -> Any:
-    """Calls ``fn`` until it does not raise :class:`Unavailable`.
-
-    Waits ``first_delay``, then twice as long each time (capped at
-    ``max_delay``) between tries; gives up (re-raising the last
-    :class:`Unavailable`) after ``give_up_after`` seconds or when ``stop``
-    is set. :class:`HttpError` is raised at once.
-    """
-    deadline = time.monotonic() + give_up_after
-    delay = first_delay
-    while True:
-        try:
-            return fn()
-        except Unavailable as err:
-            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
-                raise
-            log.info("%s: %s; retrying in %.1f s", what, err, delay)
-            if stop is not None:
-                if stop.wait(delay):
-                    raise
-            else:
-                time.sleep(delay)
-            delay = min(max_delay, delay * 2)
+def _reason(err: BaseException) -> BaseException:
+    """The innermost cause of a requests/urllib3 error (e.g. ``[Errno 111] Connection refused``)."""
+    inner = err.args[0] if err.args and isinstance(err.args[0], BaseException) else err
+    inner = getattr(inner, "reason", None) or inner      # MaxRetryError -> the last failure
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    return inner

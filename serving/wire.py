@@ -25,7 +25,7 @@ Example:
   >>> decode_model(bad, template)  # doctest: +IGNORE_EXCEPTION_DETAIL
   Traceback (most recent call last):
   ...
-  serving.wire.WireError: model params/w: shape (3,), expected (2, 3)
+  fsjax.serving.wire.WireError: model params/w: shape (3,), expected (2, 3)
 """
 
 from __future__ import annotations
@@ -67,6 +67,25 @@ UPDATE_FIELDS = Update._fields
 def tree_nbytes(template: Any) -> int:
     """Bytes of all array leaves of ``template``."""
     return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(template)))
+
+
+def params_template(model: Any, image_shape: tuple[int, ...]) -> Any:
+    """Zeros shaped like ``model``'s params: the tree incoming messages are checked against.
+
+    Shapes come from ``jax.eval_shape`` (no initialisation is computed).
+
+    Args:
+      model: a Flax module (:func:`fsjax.models.build`).
+      image_shape: ``(H, W, C)`` of one input image.
+
+    Returns:
+      The params tree with numpy zeros leaves.
+    """
+    from fsjax import models
+
+    shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0),
+                                                       image_shape))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def default_max_bytes(template: Any) -> int:

@@ -1,4 +1,4 @@
-"""The command line and MLflow tracking, run as a user would run them."""
+"""The command line and MLflow tracking, run as a user would run them; the packaging."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def _client(uri):
     return MlflowClient(tracking_uri=uri)
 
 
+@pytest.mark.processes
 def test_run_logs_everything_and_mlflow_server_answers(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     out = _fsjax("run", QUICK, "--set", "rounds=3", "--tracking-uri", uri,
@@ -194,7 +196,58 @@ def test_checkpoint_rejects_a_different_experiment(tmp_path):
         checkpoint.load(tmp_path / "c.msgpack", other.init())
 
 
+@pytest.mark.processes
 def test_help_for_each_command():
     for cmd in ("run", "allocate", "compare", "serve", "client", "launch"):
         out = _fsjax(cmd, "--help")
         assert out.returncode == 0 and "usage: fsjax " + cmd in out.stdout, cmd
+    out = subprocess.run([sys.executable, "-m", "fsjax", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage: fsjax" in out.stdout, out.stderr
+
+
+def test_tracking_without_the_track_extra_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)     # as if mlflow were not installed
+    assert cli.main(["run", QUICK, "--quiet", "--output-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "fsjax: error: MLflow tracking (off with --no-track) needs the 'track' extra: "
+        "pip install 'fsjax[track]'"]
+
+
+def test_extras_name_what_is_missing(monkeypatch):
+    from fsjax import extras
+
+    extras.require("serve", "x")                          # installed here: no error
+    monkeypatch.setitem(sys.modules, "waitress", None)
+    with pytest.raises(extras.MissingExtra, match=r"^fsjax serve needs the 'serve' extra: "
+                       r"pip install 'fsjax\[serve\]'$") as err:
+        extras.require("serve", "fsjax serve")
+    assert err.value.name == "waitress"
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for extra, modules in extras.EXTRAS.items():          # one table, same as pyproject's
+        assert extra in meta["optional-dependencies"], extra
+        assert len(meta["optional-dependencies"][extra]) == len(modules), extra
+    assert "fsjax[track,serve,tfds]" in meta["optional-dependencies"]["all"]
+    assert "fsjax[all]" in meta["optional-dependencies"]["dev"]
+    core = " ".join(meta["dependencies"])
+    assert "jaxopt==0.8.5" in meta["dependencies"]
+    assert not any(name in core for name in ("mlflow", "flask", "waitress", "tensorflow"))
+
+
+@pytest.mark.processes
+def test_every_package_is_installed_and_serving_under_fsjax():
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setup["package-dir"] == {"fsjax.serving": "serving"}
+    folders = {"fsjax." + str(p.parent.relative_to(REPO / "fsjax")).replace("/", ".")
+               for p in (REPO / "fsjax").glob("*/**/__init__.py")}
+    folders |= {"fsjax", "fsjax.serving"}
+    folders |= {"fsjax.serving." + str(p.parent.relative_to(REPO / "serving")).replace("/", ".")
+                for p in (REPO / "serving").glob("*/**/__init__.py")}
+    assert sorted(setup["packages"]) == sorted(folders)
+    # From outside the repository: only the installed names resolve.
+    code = ("import importlib.util, fsjax.serving.server as s; "
+            "print(s.create_app.__module__, importlib.util.find_spec('serving'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["fsjax.serving.server", "None"], \
+        out.stderr[-2000:]

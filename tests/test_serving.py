@@ -4,7 +4,8 @@
 - a client killed mid-round is counted as failed and the run still finishes;
 - a server killed mid-run resumes from its checkpoint;
 - Ctrl-C on ``fsjax launch`` stops every process and marks the run KILLED;
-- the docker files parse and start the same entry points.
+- the docker files, read as text, name the commands and options these tests
+  run (they are not built here), and the server image's health check works.
 """
 
 import json
@@ -22,15 +23,15 @@ import pytest
 import yaml
 
 from fsjax import cli, config, metrics, simulation, tracking
-from serving import launch, web
+from fsjax.serving import launch, web
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "experiments" / "quick.yaml")
-FSJAX = [sys.executable, "-m", "fsjax.cli"]
+FSJAX = [sys.executable, "-m", "fsjax"]
 
 
 def _start(*args, log: Path, env=None):
-    """``python -m fsjax.cli ARGS`` in its own process group, output to ``log``."""
+    """``python -m fsjax ARGS`` in its own process group, output to ``log``."""
     with open(log, "wb") as out:
         return subprocess.Popen([*FSJAX, *map(str, args)], cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -70,6 +71,7 @@ def _simulate(*overrides):
     return simulation.run(config.load(QUICK, overrides))
 
 
+@pytest.mark.processes
 def test_launch_equals_simulation(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     out = subprocess.run([*FSJAX, "launch", QUICK, "--clients", "4", "--set", "rounds=2",
@@ -99,6 +101,7 @@ def test_launch_equals_simulation(tmp_path):
     assert abs(net_test[0].value - sim.test_accuracy[2]) <= 1e-4
 
 
+@pytest.mark.processes
 def test_killed_client_counts_as_failed(tmp_path):
     port = launch.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -132,13 +135,17 @@ def test_killed_client_counts_as_failed(tmp_path):
     log = tracking.read_metrics_csv(run_dir / "metrics_log.csv")
     assert log["selected"] == [3, 3]
     assert log["failed_updates"][0] == 1, _logs(tmp_path)
-    # Round 1 waited for the dead client until the deadline, then used the others.
-    assert log["round_seconds"][0] >= timeout - 0.5
     assert math.isfinite(log["train_loss"][0]) and log["dropped_updates"] == [0, 0]
-    # Round 2: the dead client is failed at once if selected again (its push is refused).
-    assert log["round_seconds"][1] < timeout
+    server_log = (tmp_path / "server.log").read_text()
+    # Round 1 waited for the dead client until the deadline, then used the others.
+    assert f"round 1: no update from clients [{victim}] by the deadline" in server_log, \
+        _logs(tmp_path)
+    # Round 2 did not wait for it: selected again, its push is refused and it fails at once.
+    assert "round 2: no update from clients" not in server_log, _logs(tmp_path)
+    assert log["failed_updates"][1] == (f"round 2: client {victim} unreachable" in server_log)
 
 
+@pytest.mark.processes
 def test_server_restart_resumes_from_checkpoint(tmp_path):
     port = launch.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -190,6 +197,7 @@ def _processes_mentioning(text):
     return found
 
 
+@pytest.mark.processes
 def test_launch_ctrl_c_stops_everything(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     out_dir = tmp_path / "out"
@@ -244,19 +252,22 @@ def _healthcheck(path):
     return _exec_form(hc[hc.index("CMD") + 3:].strip())
 
 
-@pytest.mark.parametrize("role, port", [("server", 8080), ("client", 9000)])
-def test_dockerfiles_run_the_tested_entry_points(role, port):
+@pytest.mark.parametrize("role, port, extras", [("server", 8080, "serve,track"),
+                                                 ("client", 9000, "serve")])
+def test_dockerfile_text_names_the_tested_commands(role, port, extras):
+    """Parses the Dockerfile (no image is built here): base image, non-root user, the
+    extras installed, and a CMD that parses as the ``fsjax`` subcommand the tests run."""
     path = REPO / "docker" / f"Dockerfile.{role}"
     ins = _instructions(path)
     words = [w for w, _ in ins]
     assert ins[0] == ("FROM", "python:3.11-slim")
     (user,) = [rest for w, rest in ins if w == "USER"]
     assert user not in ("root", "0") and words.index("USER") > words.index("RUN")
-    assert any(w == "RUN" and "pip install ." in rest for w, rest in ins)
+    assert any(w == "RUN" and f'pip install ".[{extras}]"' in rest for w, rest in ins)
     assert "ENTRYPOINT" not in words
     (cmd,) = [_exec_form(rest) for w, rest in ins if w == "CMD"]
     # `fsjax` is the console script for fsjax.cli:main, what the tests run as
-    # `python -m fsjax.cli`; the arguments must parse as that subcommand.
+    # `python -m fsjax`; the arguments must parse as that subcommand.
     scripts = __import__("tomllib").loads((REPO / "pyproject.toml").read_text())
     assert scripts["project"]["scripts"]["fsjax"] == "fsjax.cli:main"
     assert cmd[:2] == ["fsjax", {"server": "serve", "client": "client"}[role]]
@@ -270,7 +281,7 @@ def test_dockerfiles_run_the_tested_entry_points(role, port):
         assert (REPO / copied).exists(), copied
 
 
-def test_compose_has_server_and_clients():
+def test_compose_text_has_server_and_clients():
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     services = compose["services"]
     clients = {name: s for name, s in services.items() if name.startswith("client")}

@@ -5,9 +5,12 @@ Every bad request must get a 4xx JSON error naming the problem, leave the
 global model and the round's updates unchanged, and leave ``/health`` at 200.
 """
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -17,7 +20,7 @@ import pytest
 from flax import serialization
 
 from fsjax import cli, config
-from serving import client as client_lib, launch, server, web, wire
+from fsjax.serving import client as client_lib, launch, server, web, wire
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "experiments" / "quick.yaml")
@@ -35,8 +38,8 @@ def cfg():
 @pytest.fixture(scope="module")
 def setup(cfg):
     """A server app with clients 0-2 registered and round 1 open for clients 0 and 1."""
-    sim = server.RemoteSimulation(cfg)
-    coord = server.Coordinator(sim, token=TOKEN)
+    coord = server.Coordinator(cfg, token=TOKEN)
+    sim = coord.sim
     app = server.create_app(cfg, coord)
     http = app.test_client()
     for cid in range(3):
@@ -378,35 +381,99 @@ def test_wire_round_trip_and_size_limit(setup):
         "a": None, "b": 1.0}
 
 
-def test_backoff_retries_unavailable_and_not_refusals(monkeypatch):
-    sleeps = []
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers each request with the next status of ``server.script`` (then 200)."""
+
+    def do_GET(self):
+        self.server.seen.append(self.path)
+        script = self.server.script
+        code = script.pop(0) if script else 200
+        if code is None:                       # never answer: the caller times out
+            threading.Event().wait(2)          # (not time.sleep: tests fake it)
+            return
+        body = json.dumps({"error": f"scripted {code}"} if code >= 400 else {"ok": True})
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted():
+    """A loopback HTTP server answering a scripted list of statuses; yields (url, server)."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    srv.script, srv.seen = [], []
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Sleeps are recorded, not slept, and move the monotonic clock forward by as much."""
+    sleeps, real = [], time.monotonic
     monkeypatch.setattr(web.time, "sleep", sleeps.append)
-    calls = []
+    monkeypatch.setattr(web.time, "monotonic", lambda: real() + sum(sleeps))
+    return sleeps
 
-    def flaky():
-        calls.append(1)
-        if len(calls) < 4:
-            raise web.Unavailable("connection refused")
-        return b"ok"
 
-    assert web.with_backoff(flaky, what="test", give_up_after=60, first_delay=0.2,
-                            max_delay=0.5) == b"ok"
-    assert sleeps == [0.2, 0.4, 0.5]
+def test_calls_retry_5xx_with_backoff_then_succeed(scripted, fake_clock):
+    url, srv = scripted
+    srv.script[:] = [503, 500, 502, 503]
+    http = web.session(60, backoff=0.1, max_delay=0.5)
+    assert json.loads(web.call("GET", f"{url}/health", http=http)) == {"ok": True}
+    assert len(srv.seen) == 5
+    # urllib3's schedule: at once, then 2b, 4b, ... capped at max_delay.
+    assert fake_clock == [0.2, 0.4, 0.5]
 
-    def refused():
-        calls.append(1)
-        raise web.HttpError(409, "stale")
 
-    calls.clear()
-    with pytest.raises(web.HttpError):
-        web.with_backoff(refused, what="test")
-    assert len(calls) == 1
-    with pytest.raises(web.Unavailable):
-        web.with_backoff(lambda: (_ for _ in ()).throw(web.Unavailable("down")), what="test",
-                         give_up_after=0.0)
-    # A real refused connection is Unavailable, not an exception of another kind.
-    with pytest.raises(web.Unavailable):
-        web.call("GET", f"http://127.0.0.1:{launch.free_port()}/health", timeout=2)
+def test_calls_give_up_after_their_time_budget(scripted, fake_clock):
+    url, srv = scripted
+    srv.script[:] = [503] * 50
+    http = web.session(1.0, backoff=0.1, max_delay=0.5)
+    with pytest.raises(web.Unavailable, match=r"GET .*/health: HTTP 503: scripted 503"):
+        web.call("GET", f"{url}/health", http=http)
+    # Failures at 0, 0 (retried at once), 0.2, 0.6; the next try would start at 1.1 > 1.0.
+    assert fake_clock == [0.2, 0.4] and len(srv.seen) == 4
+
+
+def test_refusals_are_not_retried(scripted, fake_clock):
+    url, srv = scripted
+    srv.script[:] = [409]
+    with pytest.raises(web.HttpError, match="HTTP 409: scripted 409") as err:
+        web.call("GET", f"{url}/update", http=web.session(60))
+    assert err.value.status == 409 and len(srv.seen) == 1 and fake_clock == []
+
+
+def test_unreachable_and_timeouts_are_unavailable(scripted, fake_clock):
+    # A refused connection, without retries, and with a stop event already set.
+    dead = f"http://127.0.0.1:{launch.free_port()}/health"
+    with pytest.raises(web.Unavailable, match="Connection refused"):
+        web.call("GET", dead, timeout=2)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(web.Unavailable, match="Connection refused"):
+        web.call("GET", dead, timeout=2, http=web.session(600, stop=stop))
+    assert fake_clock == []
+    # A peer that accepts but never answers: the read timeout, not a hang.
+    url, srv = scripted
+    srv.script[:] = [None]
+    with pytest.raises(web.Unavailable, match="timed out"):
+        web.call("GET", f"{url}/slow", timeout=0.3)
+    assert srv.seen == ["/slow"]
+
+
+def test_sessions_ignore_environment_proxies(scripted, monkeypatch):
+    url, srv = scripted
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")   # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "")
+    assert json.loads(web.call("GET", f"{url}/health", http=web.session())) == {"ok": True}
 
 
 @pytest.mark.parametrize("argv, code, text", [
@@ -425,8 +492,19 @@ def test_networked_commands_bad_arguments(argv, code, text, capsys, monkeypatch)
     assert text in err and len(err.splitlines()) == 1, err
 
 
-def test_usage_error_from_serving_is_one_line_under_python_m():
-    out = subprocess.run([sys.executable, "-m", "fsjax.cli", "launch", QUICK, "--clients", "0"],
+@pytest.mark.processes
+@pytest.mark.parametrize("module", ["fsjax", "fsjax.cli"])
+def test_usage_error_from_serving_is_one_line_under_python_m(module):
+    out = subprocess.run([sys.executable, "-m", module, "launch", QUICK, "--clients", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "fsjax: error: --clients 0: expected at least 1"], out.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "client", "launch"])
+def test_networked_commands_without_the_serve_extra(command, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "flask", None)      # as if flask were not installed
+    assert cli.main([command, QUICK, "--clients", "2"] if command == "launch"
+                    else [command, QUICK]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fsjax: error: fsjax {command} needs the 'serve' extra: pip install 'fsjax[serve]'"]

@@ -1,0 +1,191 @@
+"""Run wiring: run directories, what a run starts from, and running it with the standard callbacks.
+
+``fsjax run`` (:mod:`fsjax.cli`) and ``fsjax serve`` (:mod:`fsjax.serving.launch`)
+both run an experiment this way, so both leave the same run directory
+(``config.yaml``, ``metrics_log.csv``, ``final_metrics.csv``, the checkpoint)
+and the same MLflow run:
+
+- :func:`new_run_dir` makes ``PARENT/<name>-<YYYYmmdd-HHMMSS>``;
+- :func:`resolve_run_config` gives ``(config, run_dir, resuming)`` for a new
+  run or a ``--resume``;
+- :func:`run_in_dir` writes the config, builds the simulation, restores the
+  checkpoint when resuming and runs it with the progress bar, CSV,
+  checkpoint and MLflow callbacks;
+- :func:`print_summary` prints the final metrics.
+
+Bad input raises :class:`UsageError` (the CLI exits with code 2) or
+``ValueError`` (exit code 1). Nothing here parses command lines.
+
+Example:
+  >>> import tempfile
+  >>> with tempfile.TemporaryDirectory() as parent:
+  ...     cfg, run_dir, resuming = resolve_run_config(
+  ...         "experiments/quick.yaml", ["rounds=1"], output_dir=parent)
+  ...     print(run_dir.parent == Path(parent), run_dir.name.startswith("quick-"), resuming)
+  True True False
+  >>> hist = run_in_dir(cfg, run_dir, no_track=True, quiet=True)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fsjax import config as config_lib
+
+CHECKPOINT = "checkpoint.msgpack"
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad arguments or config for a run (the command line exits with code 2)."""
+
+
+def new_run_dir(parent: str | Path, name: str) -> Path:
+    """Creates ``parent/<name>-<YYYYmmdd-HHMMSS>`` (suffixed ``-1``, ``-2``... if taken).
+
+    Args:
+      parent: the directory that holds run directories (created if missing).
+      name: the experiment name.
+
+    Returns:
+      The new, empty directory.
+
+    Raises:
+      ValueError: ``parent`` is not writable.
+    """
+    base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        raise ValueError(f"output dir {str(parent)!r} is not writable: {err.strerror}") from None
+    return path
+
+
+def resolve_run_config(config_path: str | Path | None = None, overrides: Sequence[str] = (),
+                       *, resume: str | Path | None = None,
+                       output_dir: str | Path | None = None
+                       ) -> tuple[config_lib.ExperimentConfig, Path, bool]:
+    """What a run starts from: a config file, or the run directory it resumes.
+
+    Args:
+      config_path: the experiment YAML; optional with ``resume``, where it must
+        equal the run's ``config.yaml`` except for ``rounds``.
+      overrides: ``KEY=VALUE`` strings (``--set``).
+      resume: a run directory to continue (its ``config.yaml`` wins).
+      output_dir: parent of a new run directory (default: the config's
+        ``output_dir``); unused when resuming.
+
+    Returns:
+      ``(config, run_dir, resuming)``; a new ``run_dir`` is created.
+
+    Raises:
+      UsageError: no config, not a run directory, or a config that differs.
+      ValueError: a bad config or override, an unwritable output dir.
+    """
+    if resume:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise UsageError(f"--resume {resume}: no config.yaml there (not a run dir)")
+        cfg = config_lib.load(saved, overrides)
+        if config_path:
+            given = config_lib.load(config_path, overrides)
+            if dataclasses.replace(given, rounds=cfg.rounds) != cfg:
+                raise UsageError(f"--resume {resume}: {config_path} differs from the "
+                                 "run's config.yaml (only rounds may change)")
+        return cfg, run_dir, True
+    if not config_path:
+        raise UsageError("fsjax run: a CONFIG file is required (or --resume RUN_DIR)")
+    cfg = config_lib.load(config_path, overrides)
+    return cfg, new_run_dir(output_dir or cfg.output_dir, cfg.name), False
+
+
+def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: bool = False,
+               *, tracking_uri: str | None = None, experiment: str | None = None,
+               no_track: bool = False, quiet: bool = False,
+               make_sim: Callable[[config_lib.ExperimentConfig], Any] | None = None,
+               extra_callbacks: Sequence[Any] = ()):
+    """Runs ``cfg`` in ``run_dir`` with the progress bar, CSV, checkpoint and MLflow callbacks.
+
+    Args:
+      cfg: the resolved config (see :func:`resolve_run_config`).
+      run_dir: the run directory; ``config.yaml`` is written there unless resuming.
+      resuming: continue from ``run_dir/checkpoint.msgpack`` (and the run's
+        MLflow run, recorded in the run directory).
+      tracking_uri: MLflow store (default ``$MLFLOW_TRACKING_URI`` or the
+        resumed run's).
+      experiment: MLflow experiment name (default: the config's name).
+      no_track: no MLflow run (the CSV files are still written).
+      quiet: no description, progress bar or summary.
+      make_sim: builds the simulation from ``cfg`` (default
+        :class:`fsjax.simulation.Simulation`; the networked server passes one
+        with its remote backend).
+      extra_callbacks: more run callbacks, called after the standard ones.
+
+    Returns:
+      The run's :class:`fsjax.simulation.History` (``test_accuracy`` includes
+      the rounds done before a resume).
+    """
+    # Imported here: the simulation pulls in JAX, which `fsjax --help` should not wait for.
+    from fsjax import callbacks, checkpoint, extras, simulation, tracking
+
+    run_dir = Path(run_dir)
+    if not no_track:
+        extras.require("track", "MLflow tracking (off with --no-track)")
+        tracking.check_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
+    if not resuming:
+        (run_dir / "config.yaml").write_text(config_lib.dump(cfg))
+    sim = (make_sim or simulation.Simulation)(cfg)
+    if not quiet:
+        print(sim.describe(), flush=True)
+    state, history, test_acc = None, {}, {}
+    if resuming:
+        state, history, test_acc = checkpoint.load(run_dir / CHECKPOINT, sim.init())
+        log.info("resuming %s after round %d", run_dir, int(state.round))
+    cbs = [callbacks.ProgressBar(disable=quiet),
+           tracking.CsvLogger(run_dir, history),
+           checkpoint.Checkpointer(run_dir / CHECKPOINT, cfg.checkpoint_every, history,
+                                   test_acc)]
+    tracker = None
+    if not no_track:
+        info = tracking.load_run_info(run_dir) if resuming else {}
+        tracker = tracking.MlflowTracker(tracking_uri or info.get("tracking_uri"), experiment,
+                                         run_dir, run_id=info.get("run_id"))
+        cbs.append(tracker)
+    cbs += list(extra_callbacks)
+    hist = simulation.run(cfg, cbs, state=state, history=history, sim=sim)
+    hist.test_accuracy = {**test_acc, **hist.test_accuracy}
+    if not quiet:
+        print_summary(hist, run_dir, tracker.uri if tracker else None)
+    return hist
+
+
+def print_summary(hist, run_dir: str | Path, tracking_uri: str | None) -> None:
+    """Prints each metric's last finite value, the run directory and how to open MLflow.
+
+    Args:
+      hist: a :class:`fsjax.simulation.History`.
+      run_dir: the run directory.
+      tracking_uri: the MLflow store, or None when the run was not tracked.
+    """
+    from fsjax.tracking import ordered_columns
+
+    names = [n for n in ordered_columns(hist.metrics) if n not in ("round_seconds",)]
+    width = max(len(n) for n in names)
+    print(f"\nfinal metrics after {len(hist.metrics['accuracy_mean'])} rounds "
+          f"({hist.seconds:.1f} s):")
+    for n in names:
+        values = [v for v in hist.metrics[n] if v == v]
+        print(f"  {n:<{width}}  {values[-1] if values else float('nan'):.4f}")
+    print(f"\nrun directory: {run_dir}")
+    if tracking_uri:
+        print(f"open the MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}")
