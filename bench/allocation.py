@@ -4,8 +4,10 @@ Run from the repository root::
 
     python -m bench.allocation [--quick] [--repeats N]
 
-Workload: the one-resource feasibility sweep (``experiments/fairsynergy``: numpy
-seed 42, systems of 1..100 agents). The baseline is the study's own path: a fresh
+Workload: the one-resource feasibility sweep, drawn as the study draws it
+(``fsjax.allocation.instances.study_sweep``: one numpy stream seeded 42, systems
+of 1..100 agents). The baseline is the study's own path
+(``fsjax.allocation.reference.cvxpy_study``): a fresh
 cvxpy problem per system size with one ``cp.power`` term per agent (Clarabel),
 solved one after another. FairSynergy solves the same systems in ONE batched,
 masked call (``fsjax.allocation.solve_batch``, float64 like cvxpy).
@@ -27,8 +29,8 @@ import warnings
 import jax
 import numpy as np
 
-from experiments.fairsynergy import common
 from fsjax import allocation
+from fsjax.allocation import instances, reference
 
 N_EXPERIMENTS, N_MAX, BIG = 20, 100, 10_000
 
@@ -59,10 +61,9 @@ def _cvxpy_loop(inst, e, sizes):
     """The study's loop; returns (seconds, objectives)."""
     t0 = time.perf_counter()
     objs = []
-    budgets = np.cumsum(inst["inc"][e])
     for n in sizes:
         g, e0 = inst["gamma"][e, :n], inst["e_init"][e, :n]
-        x, status = common.cvxpy_study(g, e0, budgets[n - 1])
+        x, status = reference.cvxpy_study(g, e0, inst["budget"][e, n - 1])
         if status != "optimal":
             raise RuntimeError(f"cvxpy status {status} at n={n}")
         objs.append(float(np.sum((np.clip(x, 0, None) + e0) ** g)))
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*approximated.*")  # cvxpy's SOC notes, one per agent
     cvx_repeats = args.repeats or 3
     sizes = np.arange(10, N_MAX + 1, 10) if args.quick else np.arange(1, N_MAX + 1)
-    inst = common.sweep_instances(False, N_EXPERIMENTS, N_MAX)
+    inst = instances.study_sweep(False, N_EXPERIMENTS, N_MAX)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {'quick' if args.quick else 'full'} mode")
     print(f"cvxpy baseline: experiment 1, {len(sizes)} system sizes ({sizes[0]}..{sizes[-1]} agents), "
           f"{cvx_repeats} repeats; JAX: the same systems in one batched call")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     rows = []
     with jax.enable_x64(True):
         # -- JAX on the whole sweep: 20 experiments x 100 sizes, one call per experiment --
-        batches = [common.sweep_batch(inst, e) for e in range(N_EXPERIMENTS)]
+        batches = [instances.sweep_batch(inst, e) for e in range(N_EXPERIMENTS)]
         t0 = time.perf_counter()
         jax.block_until_ready(allocation.solve_batch(*batches[0][:2], mask=batches[0][2]).objective)
         sweep_first = time.perf_counter() - t0
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
             sweep_times.append(time.perf_counter() - t0)
         # -- JAX on the same systems as cvxpy (one batched call; in full mode the shape
         #    of experiment 1's batch, so its compile was paid above) ------------------------
-        u, b, m = common.sweep_batch(inst, 0, sizes)
+        u, b, m = instances.sweep_batch(inst, 0, sizes)
         same_first, same = _time_jax(lambda: allocation.solve_batch(u, b, mask=m).objective, 30)
         jax_out = allocation.solve_batch(u, b, mask=m)
         sweep = _stats(sweep_times)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     big32_first, big32 = _time_jax(lambda: allocation.solve(big, big_budget).objective, 30)
 
     # -- cvxpy: the study's loop, warmed up once (imports, first-call setup) ------------
-    common.cvxpy_study(inst["gamma"][0, :3], inst["e_init"][0, :3], 1.0)
+    reference.cvxpy_study(inst["gamma"][0, :3], inst["e_init"][0, :3], 1.0)
     cvx_times = []
     for _ in range(cvx_repeats):
         seconds, cvx_obj = _cvxpy_loop(inst, 0, sizes)

@@ -1,4 +1,4 @@
-"""Tests for fsjax.allocation_report (`fsjax allocate FILE`)."""
+"""Tests for fsjax.allocation.report (`fsjax allocate FILE`)."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from fsjax import allocation, allocation_report as R
+from fsjax import allocation
+from fsjax.allocation import report as R
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "fairsynergy" / "agents_example.yaml"
 

@@ -1,5 +1,8 @@
 """``fsjax allocate FILE``: FairSynergy and the baselines on agents read from a file.
 
+The seven table scenarios of the study ship as examples in
+``experiments/fairsynergy/scenarios/*.yaml``.
+
 Schema (JSON or YAML; ``#`` comments allowed in YAML)::
 
     budget: 1.0          # required, >= 0; two resources: [B1, B2]
