@@ -1,25 +1,37 @@
 """Checkpoints of a run: the RoundState and the metric history, as msgpack.
 
-Written with ``flax.serialization`` (msgpack, no pickle) to a temporary file
-in the same directory, then renamed over the old one, so a crash mid-write
-never leaves a half-written checkpoint. Restoring needs a template state of
-the same structure (``Simulation.init()``); a file that does not decode or does
-not match is a ``ValueError``, never silently used.
+Written with ``flax.serialization`` (msgpack, no pickle) through
+:func:`fsjax.files.atomic_write`, so a crash mid-write never leaves a
+half-written checkpoint. Restoring needs a template of the same structure:
+a state (``Simulation.init()``) or, cheaper, its shapes
+(``jax.eval_shape(sim.init)``); a file that does not decode or does not match
+is a ``ValueError``, never silently used. :class:`Checkpointer` is the
+simulation callback that saves one every few rounds.
 
 Example:
-  >>> save("run/checkpoint.msgpack", state, history, {})   # doctest: +SKIP
-  >>> state, history, test_acc = load("run/checkpoint.msgpack", sim.init())  # doctest: +SKIP
+  >>> import pathlib, tempfile
+  >>> import jax.numpy as jnp
+  >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.msgpack"
+  >>> state = {"params": jnp.ones(3), "round": jnp.int32(2)}
+  >>> save(path, state, {"accuracy_mean": [0.4, 0.5]}, {2: 0.45})
+  >>> template = jax.eval_shape(lambda: state)     # shapes only, nothing computed
+  >>> restored, history, test_acc = load(path, template)
+  >>> restored["params"].tolist(), int(restored["round"]), history, test_acc
+  ([1.0, 1.0, 1.0], 2, {'accuracy_mean': [0.4, 0.5]}, {2: 0.45})
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from flax import serialization
+
+from fsjax.callbacks import Callback, append_metrics
+from fsjax.files import atomic_write
 
 FORMAT = "fsjax-checkpoint-1"
 
@@ -35,18 +47,7 @@ def save(path: str | os.PathLike, state: Any, history: dict[str, list[float]],
         "test_rounds": np.asarray(list(test_accuracy), np.int64),
         "test_values": np.asarray(list(test_accuracy.values()), np.float64),
     }
-    data = serialization.msgpack_serialize(payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, serialization.msgpack_serialize(payload))
 
 
 def load(path: str | os.PathLike, template: Any):
@@ -54,7 +55,8 @@ def load(path: str | os.PathLike, template: Any):
 
     Args:
       path: the checkpoint file.
-      template: a state with the same structure (e.g. ``Simulation.init()``).
+      template: a state with the same structure, or its shapes: arrays or
+        ``jax.ShapeDtypeStruct`` leaves (e.g. ``jax.eval_shape(sim.init)``).
 
     Returns:
       ``(state, history, test_accuracy)``.
@@ -83,18 +85,19 @@ def load(path: str | os.PathLike, template: Any):
 
 
 def _check_like(template, state) -> None:
-    import jax
-
     a, b = jax.tree.leaves(template), jax.tree.leaves(state)
     if len(a) != len(b):
         raise ValueError(f"{len(b)} arrays, expected {len(a)}")
     for x, y in zip(a, b):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.shape != y.shape or x.dtype != y.dtype:
-            raise ValueError(f"array of shape {y.shape} {y.dtype}, expected {x.shape} {x.dtype}")
+        # A ShapeDtypeStruct has .shape/.dtype but no data; np.asarray only for scalars.
+        x = x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
+        y = np.asarray(y)
+        if tuple(x.shape) != y.shape or np.dtype(x.dtype) != y.dtype:
+            raise ValueError(f"array of shape {y.shape} {y.dtype}, expected {tuple(x.shape)} "
+                             f"{np.dtype(x.dtype)}")
 
 
-class Checkpointer:
+class Checkpointer(Callback):
     """A simulation callback that saves a checkpoint every ``every`` rounds and at the end.
 
     Args:
@@ -114,14 +117,9 @@ class Checkpointer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_round(self, sim, round_index, metrics, state) -> None:
-        from fsjax.simulation import append_metrics
         append_metrics(self.history, metrics)
         if "test_accuracy" in metrics:
             self.test_accuracy[round_index] = metrics["test_accuracy"]
         last = round_index == sim.config.rounds
         if last or (self.every and round_index % self.every == 0):
             save(self.path, state, self.history, self.test_accuracy)
-
-    def on_end(self, sim, history) -> None: ...
-
-    def on_error(self, sim, error) -> None: ...

@@ -13,9 +13,14 @@ strategy needs no change here.
 Unknown keys, wrong types and bad values raise ``ValueError`` naming the key.
 
 Example:
-  >>> cfg = load("experiments/quick.yaml", overrides=("rounds=3", "engine.mode=loop"))  # doctest: +SKIP
-  >>> cfg.rounds, cfg.engine.mode                                                       # doctest: +SKIP
-  (3, 'loop')
+  >>> cfg = load(None, overrides=("rounds=3", "engine.mode=loop", "selection.name=fair_select",
+  ...                             "selection.lam=0.7"))
+  >>> cfg.rounds, cfg.engine.mode, cfg.selection.params
+  (3, 'loop', {'lam': 0.7})
+  >>> load(None, overrides=("local.lrr=0.1",))  # doctest: +ELLIPSIS
+  Traceback (most recent call last):
+  ...
+  ValueError: unknown config key 'local.lrr'; expected one of ['local.batch_size', 'local.lr', ...]
 """
 
 from __future__ import annotations
@@ -82,10 +87,12 @@ class EngineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AggregationConfig:
-    name: str = "fedavg"             # fedavg | fedprox | qffl
+    name: str = "fedavg"             # fedavg | fedprox | qffl | median | trimmed_mean | krum
     server_optimizer: str = "sgd"    # sgd | momentum | adam
     server_lr: float = 1.0
     server_momentum: float = 0.9
+    norm_bound: float = 0.0          # bound updates at this x the round's median norm (0 = off)
+    norm_bound_mode: str = "clip"    # clip | reject
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -337,6 +344,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(a.server_optimizer in ("sgd", "momentum", "adam"), "aggregation.server_optimizer",
            a.server_optimizer, "'sgd', 'momentum' or 'adam'")
     _check(a.server_lr > 0, "aggregation.server_lr", a.server_lr, "> 0")
+    _check(a.norm_bound >= 0, "aggregation.norm_bound", a.norm_bound,
+           "a multiple of the median update norm > 0, or 0 (off)")
+    _check(a.norm_bound_mode in ("clip", "reject"), "aggregation.norm_bound_mode",
+           a.norm_bound_mode, "'clip' or 'reject'")
     s = cfg.selection
     _check_factory_params("selection", selection.REGISTRY, s.name, s.params)
     _check(1 <= s.clients_per_round <= p.num_clients, "selection.clients_per_round",

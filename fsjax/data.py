@@ -14,7 +14,10 @@ Sources for CIFAR-10, in the order ``source="auto"`` tries them:
 
 A folder or zip is decoded once and cached as ``.npz`` in ``cache_dir``
 (default ``$FSJAX_CACHE`` or ``~/.cache/fsjax``); a cache that fails to load or
-has the wrong shapes is rebuilt, never trusted.
+has the wrong shapes is rebuilt, never trusted. The cache is written with
+:func:`fsjax.files.atomic_writer`, so a crash or a second process never sees
+half a file. ``source="tfds"`` needs the ``tfds`` extra
+(``pip install 'fsjax[tfds]'``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from fsjax.extras import require
+from fsjax.files import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +97,11 @@ def load_cifar10(source: str | os.PathLike = "auto", cache_dir: str | os.PathLik
     Raises:
       ValueError: unknown source, missing file, wrong layout, or no source
         found by ``"auto"``.
+      fsjax.extras.MissingExtra: ``source="tfds"`` without the ``tfds`` extra.
 
     Example:
       >>> ds = load_cifar10("../shared/data/cifar10-jpeg.zip")  # doctest: +SKIP
-      >>> ds.x_train.shape
+      >>> ds.x_train.shape                                      # doctest: +SKIP
       (50000, 32, 32, 3)
     """
     if isinstance(source, str) and source == "tfds":
@@ -140,6 +146,7 @@ def _tfds_prepared() -> bool:
 
 
 def _load_tfds(download: bool) -> Dataset:
+    require("tfds", "load_cifar10(source='tfds')")
     import tensorflow_datasets as tfds
 
     builder = tfds.builder("cifar10", data_dir=str(_tfds_data_dir()))
@@ -190,7 +197,7 @@ def _load_archive(path: Path, cache_dir, progress: bool) -> Dataset:
         except Exception as err:  # noqa: BLE001 - a corrupt cache is rebuilt
             log.warning("CIFAR-10 cache %s is unreadable (%s); rebuilding it", cache, err)
     ds = _decode_archive(path, progress)
-    _write_npz_atomic(cache, ds)
+    _write_cache(cache, ds)
     return ds
 
 
@@ -252,14 +259,11 @@ def _decode_archive(path: Path, progress: bool) -> Dataset:
     return Dataset(*arrays, class_names=tuple(classes))
 
 
-def _write_npz_atomic(cache: Path, ds: Dataset) -> None:
+def _write_cache(cache: Path, ds: Dataset) -> None:
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_writer(cache) as f:
             np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
                      y_test=ds.y_test, class_names=np.array(ds.class_names))
-        os.replace(tmp, cache)
     except OSError as err:  # a read-only cache dir costs speed, not correctness
         log.warning("could not write the CIFAR-10 cache %s: %s", cache, err)
 

@@ -180,5 +180,42 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 
 def init_params(model: nn.Module, key: jax.Array, image_shape: Sequence[int]):
-    """Initial parameters for images of ``image_shape`` (H, W, C)."""
+    """Initial parameters for images of ``image_shape`` (H, W, C).
+
+    Args:
+      model: a module from :func:`build`.
+      key: the PRNG key of the initialisation.
+      image_shape: ``(H, W, C)`` of one image.
+
+    Returns:
+      The parameter pytree (``{"params": {...}}``).
+
+    Example:
+      >>> model = build("mlp", num_classes=3, hidden=(4,))
+      >>> params = init_params(model, jax.random.key(0), (2, 2, 1))
+      >>> jax.tree.map(jnp.shape, params)["params"]["Dense_0"]
+      {'bias': (4,), 'kernel': (4, 4)}
+    """
     return model.init(key, jnp.zeros((1, *image_shape), jnp.uint8))
+
+
+def param_shapes(model: nn.Module, image_shape: Sequence[int]):
+    """The shapes and dtypes of :func:`init_params`' result, without computing it.
+
+    Traces the initialisation with :func:`jax.eval_shape`: no random numbers are
+    drawn and nothing is compiled, so it is the cheap way to get a template
+    (e.g. zero buffers for parameters arriving over the wire).
+
+    Args:
+      model: a module from :func:`build`.
+      image_shape: ``(H, W, C)`` of one image.
+
+    Returns:
+      A pytree like :func:`init_params`' with ``jax.ShapeDtypeStruct`` leaves.
+
+    Example:
+      >>> shapes = param_shapes(build("mlp", num_classes=3, hidden=(4,)), (2, 2, 1))
+      >>> shapes["params"]["Dense_1"]["kernel"]
+      ShapeDtypeStruct(shape=(4, 3), dtype=float32)
+    """
+    return jax.eval_shape(lambda key: init_params(model, key, image_shape), jax.random.key(0))

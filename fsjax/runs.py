@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fsjax import config as config_lib
+from fsjax import config as config_lib, files
 
 CHECKPOINT = "checkpoint.msgpack"
 
@@ -143,13 +143,14 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
         extras.require("track", "MLflow tracking (off with --no-track)")
         tracking.check_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
     if not resuming:
-        (run_dir / "config.yaml").write_text(config_lib.dump(cfg))
+        files.atomic_write(run_dir / "config.yaml", config_lib.dump(cfg))
     sim = (make_sim or simulation.Simulation)(cfg)
     if not quiet:
         print(sim.describe(), flush=True)
     state, history, test_acc = None, {}, {}
     if resuming:
-        state, history, test_acc = checkpoint.load(run_dir / CHECKPOINT, sim.init())
+        import jax
+        state, history, test_acc = checkpoint.load(run_dir / CHECKPOINT, jax.eval_shape(sim.init))
         log.info("resuming %s after round %d", run_dir, int(state.round))
     cbs = [callbacks.ProgressBar(disable=quiet),
            tracking.CsvLogger(run_dir, history),

@@ -7,8 +7,14 @@ Two simulation callbacks:
   the file names of the CPP study.
 - :class:`MlflowTracker` logs the resolved config as flattened params and as
   ``config.yaml``, every round's metrics with ``step=round``, the CSVs and the
-  figures as artifacts, and tags (git commit, JAX backend and devices, engine
-  mode). A run that raises is marked ``FAILED`` (``KILLED`` on Ctrl-C).
+  figures as artifacts, and tags: MLflow's own context tags (user, source,
+  ``mlflow.source.git.commit``) plus the JAX backend and devices, the engine
+  mode and the data. A run that raises is marked ``FAILED`` (``KILLED`` on
+  Ctrl-C). MLflow is optional (the ``track`` extra) and imported only here,
+  lazily, so the CSV logger works without it.
+
+Both are :class:`fsjax.callbacks.Callback` objects; files are written with
+:func:`fsjax.files.atomic_write`, so a reader never sees half a CSV.
 
 The default store is a local SQLite file, ``sqlite:///mlruns.db``, so
 ``mlflow ui --backend-store-uri sqlite:///mlruns.db`` shows every run;
@@ -22,11 +28,11 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -36,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from fsjax import config as config_lib
+from fsjax.callbacks import Callback, append_metrics
+from fsjax.extras import require
+from fsjax.files import atomic_write
 from fsjax.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -95,13 +104,32 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """The current git commit of ``cwd`` (or ``"unknown"``)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The git commit of the repository holding ``cwd``, or ``"unknown"``.
+
+    ``cwd`` defaults to fsjax's own source folder. Uses MLflow's resolver
+    (GitPython), the one behind the ``mlflow.source.git.commit`` tag.
+    """
+    require("track", "MLflow tracking")
+    from mlflow.utils.git_utils import get_git_commit
+    return get_git_commit(str(cwd or Path(__file__).parent)) or "unknown"
+
+
+def run_tags(extra: Mapping[str, str]) -> dict[str, str]:
+    """MLflow's context tags for a new run, then ``extra``.
+
+    MLflow resolves the git commit from the entry script; when that lies
+    outside a repository or in an ignored folder (``.venv/bin/fsjax``), the
+    commit of fsjax's own source is used, so a run from a clone always
+    records the code that ran.
+    """
+    require("track", "MLflow tracking")
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    tags = resolve_tags(dict(extra))
+    if MLFLOW_GIT_COMMIT not in tags and (commit := git_commit()) != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def ordered_columns(names) -> list[str]:
@@ -110,33 +138,46 @@ def ordered_columns(names) -> list[str]:
     return [n for n in METRIC_NAMES if n in names] + sorted(names - set(METRIC_NAMES))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _csv_text(rows) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 def write_metrics_csv(path: str | os.PathLike, history: Mapping[str, Sequence[float]]) -> None:
-    """``round,<metric>...`` with one row per round."""
+    """``round,<metric>...`` with one row per round (values as ``repr``, NaN as ``nan``)."""
     cols = ordered_columns(history)
     rounds = max((len(v) for v in history.values()), default=0)
-    lines = [",".join(["round"] + cols)]
-    for r in range(rounds):
-        lines.append(",".join([str(r + 1)] + [_fmt(history[c][r]) for c in cols]))
-    _atomic_write(Path(path), "\n".join(lines) + "\n")
+    rows = [["round", *cols]]
+    rows += [[str(r + 1), *(_fmt(history[c][r]) for c in cols)] for r in range(rounds)]
+    atomic_write(path, _csv_text(rows))
 
 
 def write_final_csv(path: str | os.PathLike, history: Mapping[str, Sequence[float]]) -> None:
     """``metric,value`` of the last round (the last finite value for sparse metrics)."""
-    lines = ["metric,value"]
+    rows = [["metric", "value"]]
     for c in ordered_columns(history):
         finite = [v for v in history[c] if not math.isnan(v)]
-        lines.append(f"{c},{_fmt(finite[-1] if finite else float('nan'))}")
-    _atomic_write(Path(path), "\n".join(lines) + "\n")
+        rows.append([c, _fmt(finite[-1] if finite else float("nan"))])
+    atomic_write(path, _csv_text(rows))
 
 
 def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Reads :func:`write_metrics_csv` output back into ``{metric: values}``."""
+    """Reads :func:`write_metrics_csv` output back into ``{metric: values}``.
+
+    Values round-trip exactly (they are written as ``repr``).
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / METRICS_LOG
+      >>> write_metrics_csv(path, {"train_loss": [0.1, float("nan")], "accuracy_mean": [0.5, 2/3]})
+      >>> print(path.read_text(), end="")
+      round,accuracy_mean,train_loss
+      1,0.5,0.1
+      2,0.6666666666666666,nan
+      >>> read_metrics_csv(path)["accuracy_mean"] == [0.5, 2/3]
+      True
+    """
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     cols = [c for c in (rows[0] if rows else {}) if c != "round"]
@@ -147,7 +188,7 @@ def _fmt(v: float) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
 
 
-class CsvLogger:
+class CsvLogger(Callback):
     """Keeps ``metrics_log.csv`` and ``final_metrics.csv`` in ``run_dir`` up to date."""
 
     def __init__(self, run_dir: str | os.PathLike, history: Mapping[str, Sequence[float]] = None):
@@ -160,17 +201,14 @@ class CsvLogger:
             write_metrics_csv(self.run_dir / METRICS_LOG, self.history)
 
     def on_round(self, sim, round_index, metrics, state) -> None:
-        from fsjax.simulation import append_metrics
         append_metrics(self.history, metrics)
         write_metrics_csv(self.run_dir / METRICS_LOG, self.history)
 
     def on_end(self, sim, history) -> None:
         write_final_csv(self.run_dir / FINAL_METRICS, self.history)
 
-    def on_error(self, sim, error) -> None: ...
 
-
-class MlflowTracker:
+class MlflowTracker(Callback):
     """Logs a run to MLflow (see module doc). Call order: after :class:`CsvLogger`.
 
     Args:
@@ -180,11 +218,15 @@ class MlflowTracker:
       run_id: continue this MLflow run (resume) instead of starting one.
       figures: save and log the standard figures at the end.
       tags: extra run tags (e.g. a study's arm and seed).
+
+    Raises:
+      fsjax.extras.MissingExtra: MLflow is not installed (the ``track`` extra).
     """
 
     def __init__(self, tracking_uri: str | None, experiment: str | None,
                  run_dir: str | os.PathLike, run_id: str | None = None, figures: bool = True,
                  tags: Mapping[str, str] | None = None):
+        require("track", "MLflow tracking")
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.run_dir = Path(run_dir)
@@ -208,23 +250,22 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
             name, artifact_location=artifact_location(self.uri, name))
-        tags = {"git_commit": git_commit(), "jax_backend": jax.default_backend(),
+        tags = run_tags({"jax_backend": jax.default_backend(),
                 "jax_devices": ", ".join(str(d) for d in jax.devices()),
                 "engine_mode": f"{sim.mode}" + (f"(chunk={sim.chunk_size})" if sim.chunk_size
                                                  else ""),
                 "data": sim.data_description, "run_dir": str(self.run_dir.resolve()),
-                **self.tags}
+                **self.tags})
         run = self.client.create_run(exp_id, run_name=self.run_dir.name, tags=tags)
         self.run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in config_lib.flatten(cfg).items()]
-        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # log_batch splits into MLflow's per-request limits (100 params) itself.
+        self.client.log_batch(self.run_id, params=[
+            Param(k, str(v)) for k, v in config_lib.flatten(cfg).items()])
         cfg_path = self.run_dir / "config.yaml"
         if not cfg_path.exists():
-            cfg_path.write_text(config_lib.dump(cfg))
+            atomic_write(cfg_path, config_lib.dump(cfg))
         self.client.log_artifact(self.run_id, str(cfg_path))
-        (self.run_dir / RUN_INFO).write_text(json.dumps(
+        atomic_write(self.run_dir / RUN_INFO, json.dumps(
             {"run_id": self.run_id, "tracking_uri": self.uri, "experiment": name}, indent=2))
         log.info("MLflow run %s in experiment %r at %s", self.run_id, name, self.uri)
 
@@ -266,7 +307,11 @@ def fetch_histories(tracking_uri: str | None = None, run_ids: Sequence[str] = ()
     Returns:
       ``{run label: {metric: values by step}}``; labels are run names (with a
       short id when names repeat).
+
+    Raises:
+      fsjax.extras.MissingExtra: MLflow is not installed (the ``track`` extra).
     """
+    require("track", "MLflow tracking")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))

@@ -119,6 +119,7 @@ def make_reference_instances(rng, count):
     return out
 
 
+@pytest.mark.slow
 def test_matches_cvxpy_on_200_random_instances():
     rng = np.random.default_rng(2024)
     n_max = 500

@@ -105,6 +105,7 @@ def _args(*argv):
     return cli.build_parser().parse_args(["run", *argv])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     common = ("--set", "rounds=5", "--set", "checkpoint_every=2", "--set",
@@ -218,11 +219,11 @@ def test_extras_name_what_is_missing(monkeypatch):
     from fsjax import extras
 
     extras.require("serve", "x")                          # installed here: no error
-    monkeypatch.setitem(sys.modules, "waitress", None)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
     with pytest.raises(extras.MissingExtra, match=r"^fsjax serve needs the 'serve' extra: "
                        r"pip install 'fsjax\[serve\]'$") as err:
         extras.require("serve", "fsjax serve")
-    assert err.value.name == "waitress"
+    assert err.value.name == "uvicorn"
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     for extra, modules in extras.EXTRAS.items():          # one table, same as pyproject's
         assert extra in meta["optional-dependencies"], extra

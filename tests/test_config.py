@@ -3,7 +3,7 @@ import pytest
 from fsjax import config
 
 
-def test_defaults_and_overrides(tmp_path):
+def test_yaml_and_overrides_apply_and_the_dump_loads_back(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("rounds: 4\nselection:\n  name: fair_select\n  lam: 0.3\n"
                     "model:\n  name: mlp\n  hidden: [16]\n")
@@ -54,7 +54,7 @@ def test_bad_override_syntax(bad):
         config.load(None, overrides=(bad,))
 
 
-def test_bad_files(tmp_path):
+def test_missing_malformed_or_non_mapping_files_are_value_errors(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         config.load(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("rounds: [1,\n")

@@ -154,6 +154,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.processes
 def test_sharded_over_four_cpu_devices_equals_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")

@@ -26,7 +26,7 @@ PACKAGES = {"fsjax": "fsjax", "serving": "fsjax.serving", "bench": "bench",
 
 PARTS = ("data", "partition", "models", "local", "engine", "backends", "aggregation",
          "evaluation", "availability", "selection", "allocation", "allocation_loop",
-         "metrics", "clients", "callbacks", "io", "extras")
+         "metrics", "clients", "callbacks", "files", "extras", "robust")
 WIRING = ("fsjax.simulation", "fsjax.config", "fsjax.runs", "fsjax.tracking",
           "fsjax.checkpoint", "fsjax.cli", "fsjax.serving")
 

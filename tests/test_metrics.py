@@ -92,7 +92,7 @@ def test_unseen_labels():
     assert int(mt.unseen_labels(np.ones(10))) == 0
 
 
-def test_class_loss_variance_and_variance():
+def test_class_loss_variance_skips_nan_and_variance_matches_numpy():
     x = np.array([0.5, 1.5, 2.0, 0.1])
     assert float(mt.class_loss_variance(x)) == pytest.approx(np.var(x), rel=1e-5)
     assert float(mt.class_loss_variance(np.array([1.0, np.nan, 3.0]))) == pytest.approx(1.0)
@@ -144,7 +144,7 @@ def test_round_metrics_names_and_values():
         assert float(got[name]) == pytest.approx(want[name], rel=1e-4, abs=1e-6), name
 
 
-def test_round_metrics_equal_clients():
+def test_round_metrics_of_identical_clients_are_perfectly_fair():
     c = 6
     got = mt.round_metrics(accuracy=np.full(c, 0.6), cum_utility=np.full(c, 2.0),
                            participation=np.full(c, 3), ever_available=np.ones(c, bool), rounds=5,

@@ -41,3 +41,14 @@ def test_registry_and_bad_names():
         models.build("mlp", 10, hidden_units=3)
     with pytest.raises(ValueError, match="conv"):
         models.resolve_conv("fft")
+
+
+@pytest.mark.parametrize("name, image_shape", [("cnn", (8, 8, 3)), ("mlp", (4, 4, 1))])
+def test_param_shapes_match_init_params_without_computing_them(name, image_shape):
+    model = models.build(name, 10)
+    shapes = models.param_shapes(model, image_shape)
+    params = models.init_params(model, jax.random.key(3), image_shape)
+    assert jax.tree.structure(shapes) == jax.tree.structure(params)
+    for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)):
+        assert isinstance(s, jax.ShapeDtypeStruct)
+        assert (s.shape, s.dtype) == (p.shape, p.dtype)

@@ -4,7 +4,8 @@ import numpy as np
 import optax
 import pytest
 
-from fsjax import config, data, local, metrics, models, simulation
+from fsjax import backends, config, data, local, metrics, models, simulation
+from tests.compile_count import count_compilations
 
 QUICK = "experiments/quick.yaml"
 
@@ -35,17 +36,17 @@ def test_same_seed_same_history_bit_for_bit():
     assert not np.array_equal(a.metrics["accuracy_mean"], c.metrics["accuracy_mean"])
 
 
-@pytest.mark.parametrize("mode", ["chunked", "loop"])
-def test_round_is_not_recompiled(mode):
-    cfg = config.load(QUICK, overrides=("rounds=4", f"engine.mode={mode}",
-                                        "availability.name=markov"))
+@pytest.mark.parametrize("mode", ["vmap", "chunked", "loop"])
+def test_rounds_after_the_first_compile_nothing(mode):
+    cfg = config.load(QUICK, overrides=(f"engine.mode={mode}", "availability.name=markov"))
     sim = simulation.Simulation(cfg)
-    simulation.run(cfg, sim=sim)
-    assert sim.trace_count == 1
-    if mode == "loop":
-        assert sim._pre_jit._cache_size() == 1 and sim._post_jit._cache_size() == 1
-    else:
-        assert sim._round_jit._cache_size() == 1
+    state, metrics = sim.step(sim.init())                # round 1 compiles
+    with count_compilations() as compiled:
+        for _ in range(3):
+            state, metrics = sim.step(state)
+        jax.block_until_ready((state, metrics))
+    assert compiled == []
+    assert int(state.round) == 4
 
 
 def test_fedavg_one_client_full_batch_equals_gradient_descent():
@@ -72,17 +73,18 @@ def test_fedavg_one_client_full_batch_equals_gradient_descent():
 
 def test_nan_update_is_dropped_and_counted():
     cfg = config.load(QUICK, overrides=("rounds=2", "selection.name=full"))
-    sim = simulation.Simulation(cfg)
-    bad_n = int(sim.data.n[3])
-    expected = int(jnp.sum(sim.data.n == bad_n))
-    train = sim.local_train
+    plain = simulation.Simulation(cfg)
+    bad_n = int(plain.data.n[3])
+    expected = int(jnp.sum(plain.data.n == bad_n))
+    train = plain.local_train
 
     def poisoned(params, shard, steps, key):
         out = train(params, shard, steps, key)
         scale = jnp.where(shard.n == bad_n, jnp.nan, 1.0)
         return out._replace(delta=jax.tree.map(lambda d: d * scale, out.delta))
 
-    sim.local_train = poisoned
+    backend = backends.local(plain.mode, poisoned, chunk_size=plain.chunk_size)
+    sim = simulation.Simulation(cfg, backend=backend)
     hist = simulation.run(cfg, sim=sim)
     np.testing.assert_array_equal(hist.metrics["dropped_updates"], [expected] * 2)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(hist.params))
