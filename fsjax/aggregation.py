@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fsjax import robust
+
 
 class Aggregator(NamedTuple):
     init: Callable          # init(params) -> state
@@ -157,6 +159,9 @@ def qffl(q: float = 1.0, lipschitz: float = 10.0,
 
 REGISTRY: dict[str, Callable[..., Aggregator]] = {"fedavg": fedavg, "fedprox": fedprox,
                                                   "qffl": qffl}
+# Robust aggregators (fsjax.robust) are order statistics of the K stacked deltas, not
+# sums of client terms: their client_terms and finish are None (no fused chunked path).
+REGISTRY.update(median=robust.median, trimmed_mean=robust.trimmed_mean, krum=robust.krum)
 
 
 def make(name: str, opt: optax.GradientTransformation | None = None, **params: Any) -> Aggregator:

@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long a round waits for the selected clients (default 60)")
     launch.add_argument("--no-track", action="store_true")
     launch.add_argument("--quiet", "-q", action="store_true")
+
+    serve.add_argument("--insecure", action="store_true",
+                       help="start without FSJAX_TOKEN: anyone who reaches the server may "
+                       "enrol clients (warns on every start)")
+    for p in (serve, client, launch):
+        p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS "
+                       "(or $FSJAX_TLS_CERT)")
+        p.add_argument("--tls-key", help="PEM key of --tls-cert (or $FSJAX_TLS_KEY)")
+        p.add_argument("--ca-bundle", help="CA bundle the peers' certificates must chain to "
+                       "(or $FSJAX_CA_BUNDLE)")
     return parser
 
 

@@ -7,7 +7,7 @@ Code that needs one calls :func:`require` first, so a missing extra is one
 line naming it instead of a traceback from deep inside an import.
 
 Example:
-  >>> require("serve", "fsjax serve")      # flask, waitress and requests import
+  >>> require("serve", "fsjax serve")      # flask, uvicorn, a2wsgi and requests import
   >>> EXTRAS["track"]
   ('mlflow',)
 """
@@ -19,7 +19,7 @@ import importlib
 # extra -> the modules it provides (import names, as in pyproject.toml's extras).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "track": ("mlflow",),
-    "serve": ("flask", "waitress", "requests"),
+    "serve": ("flask", "uvicorn", "a2wsgi", "requests"),
     "tfds": ("tensorflow_datasets",),
 }
 

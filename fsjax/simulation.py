@@ -37,7 +37,7 @@ import optax
 
 from fsjax import (aggregation, allocation_loop, availability, backends as backends_lib,
                    clients, data as data_lib, engine, evaluation, local,
-                   metrics as metrics_lib, models, partition, selection)
+                   metrics as metrics_lib, models, partition, robust, selection)
 from fsjax.callbacks import Callback, ProgressBar, append_metrics  # noqa: F401 (re-exported)
 from fsjax.clients import FederatedData, load_dataset  # noqa: F401 (re-exported)
 from fsjax.config import ExperimentConfig
@@ -277,10 +277,17 @@ class Simulation:
         if reported is not None:
             failed = failed | (plan.valid & ~reported)
             weights = jnp.where(reported, weights, 0.0)
+        delta, a = result.delta, self.config.aggregation
+        if a.norm_bound:   # off: nothing changes, not even the metrics' columns
+            delta, weights, bounded = robust.bound_updates(delta, weights, a.norm_bound,
+                                                           a.norm_bound_mode)
         params, server_state = self.aggregator.apply(
-            state.server_state, state.params, result.delta, weights, result.loss0)
+            state.server_state, state.params, delta, weights, result.loss0)
         stats = engine.SlotStats(result.loss, result.loss0, result.steps, finite, weights)
-        return self._close(state, plan, params, server_state, stats, failed, fd)
+        new_state, metrics = self._close(state, plan, params, server_state, stats, failed, fd)
+        if a.norm_bound:
+            metrics["norm_bounded_updates"] = bounded
+        return new_state, metrics
 
     def _round_fused(self, state: RoundState, plan: RoundPlan, shards, fd: FederatedData):
         """Trains and sums client terms in one pass (no K-stacked deltas)."""
@@ -343,7 +350,10 @@ class Simulation:
     def _round(self, state: RoundState, fd: FederatedData):
         """One whole round for an in-jit backend (traced once, inside ``jax.jit``)."""
         state, plan, shards = self.plan_round(state, fd)
-        if self.backend.reduce is not None:
+        # The norm bound needs the round's median norm before summing, and robust
+        # aggregators (client_terms None) are not sums: both take the stacked path.
+        if (self.backend.reduce is not None and self.aggregator.client_terms is not None
+                and not self.config.aggregation.norm_bound):
             return self._round_fused(state, plan, shards, fd)
         result, reported = self.backend.train(state, plan, shards)
         return self.finish_round(state, plan, result, fd, reported)

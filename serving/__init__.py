@@ -9,5 +9,7 @@ used only by the ``serve | client | launch`` commands of :mod:`fsjax.cli`.
 - :mod:`fsjax.serving.client`: one client process's app and its training;
 - :mod:`fsjax.serving.wire`: the msgpack wire format;
 - :mod:`fsjax.serving.web`: HTTP plumbing (errors, tokens, ``requests`` calls);
+- :mod:`fsjax.serving.auth`: enrolment tokens, client credentials, signatures;
+- :mod:`fsjax.serving.httpserver`: the HTTP(S) server (uvicorn) and its limits;
 - :mod:`fsjax.serving.launch`: ``fsjax serve | client | launch`` as processes.
 """

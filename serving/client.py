@@ -8,9 +8,11 @@ before registering, so a round's deadline covers training only).
 
 Protocol (push, like the study's clients):
 
-1. serve ``POST /train`` and ``GET /health`` (waitress, in a thread);
+1. serve ``POST /train`` and ``GET /health`` (:mod:`fsjax.serving.httpserver`, in a thread);
 2. ``POST /register`` on the server ``{client_id, num_examples,
-   label_histogram, url}``;
+   label_histogram, url, secret}`` with the enrolment token (the secret is
+   this client's credential; every later request is signed with it, and so
+   is every push the server makes to it: :mod:`fsjax.serving.auth`);
 3. every ``heartbeat`` seconds ``POST /status {client_id, available, latency}``;
    an answer ``404`` (a restarted server that does not know us) makes the
    client register again, ``done: true`` ends it;
@@ -44,7 +46,7 @@ import numpy as np
 
 from fsjax import local, simulation
 from fsjax.config import ExperimentConfig
-from fsjax.serving import web, wire
+from fsjax.serving import auth, web, wire
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,12 @@ class Client:
       server_url: e.g. ``"http://127.0.0.1:8080"``.
       url: the URL the server reaches this client at (set later by the runner
         when the port is only known once bound).
-      token: the shared token (default ``$FSJAX_TOKEN``).
+      token: the enrolment token, the server's ``FSJAX_TOKEN`` or this id's
+        derived one (default ``$FSJAX_TOKEN``); sent only with registration.
+      secret: this client's credential (default: a fresh random one); sent
+        once, at registration, then only used to sign.
+      ca_bundle: CA bundle the server's HTTPS certificate must chain to
+        (default ``$FSJAX_CA_BUNDLE``, else the system's).
       heartbeat: seconds between status reports.
       give_up_after: seconds of an unreachable server after which calls stop
         retrying (and the process exits).
@@ -77,7 +84,8 @@ class Client:
     def __init__(self, cfg: ExperimentConfig, client_id: int = 0,
                  server_url: str = "http://127.0.0.1:8080", *,
                  url: str | None = None, token: str | None = None, heartbeat: float = 2.0,
-                 give_up_after: float = 600.0, train_delay: float = 0.0):
+                 give_up_after: float = 600.0, train_delay: float = 0.0,
+                 secret: str | None = None, ca_bundle: str | None = None):
         C = cfg.partition.num_clients
         if not 0 <= client_id < C:
             raise ValueError(f"client_id={client_id}: expected an index in [0, {C}) "
@@ -90,6 +98,7 @@ class Client:
         self.server_url = server_url.rstrip("/")
         self.url = url
         self.token = web.resolve_token(token)
+        self.secret = secret or auth.new_secret()
         self.heartbeat = heartbeat
         self.give_up_after = give_up_after
         self.train_delay = train_delay
@@ -107,7 +116,8 @@ class Client:
         gc.collect()
         self.jobs: queue.Queue[TrainJob] = queue.Queue(maxsize=16)
         self.stop = threading.Event()
-        self.http = web.session(give_up_after, max_delay=RETRY_MAX_DELAY, stop=self.stop)
+        self.http = web.session(give_up_after, max_delay=RETRY_MAX_DELAY, stop=self.stop,
+                                ca_bundle=ca_bundle)
         self.registered = threading.Event()
         self.last_round = 0
         self.last_latency: float | None = None
@@ -128,14 +138,18 @@ class Client:
     # --------------------------------------------------------- server calls
 
     def _call(self, method: str, path: str, body=None, timeout: float = 30.0):
-        return web.call(method, self.server_url + path, body=body, token=self.token,
-                        timeout=timeout, http=self.http)
+        """A call signed with this client's credential."""
+        return web.call(method, self.server_url + path, body=body, timeout=timeout,
+                        http=self.http, sign=(self.client_id, self.secret))
 
     def register(self) -> None:
-        """``POST /register`` (retrying while the server is down)."""
-        self._call("POST", "/register", {
+        """``POST /register`` with the enrolment token and this client's credential
+        (retrying while the server is down; a retry after a lost answer is accepted,
+        the credential being the same)."""
+        web.call("POST", self.server_url + "/register", body={
             "client_id": self.client_id, "num_examples": self.num_examples,
-            "label_histogram": self.label_histogram, "url": self.url})
+            "label_histogram": self.label_histogram, "url": self.url, "secret": self.secret},
+            token=self.token, timeout=30.0, http=self.http)
         self.registered.set()
         log.info("client %d registered with %s as %s", self.client_id, self.server_url,
                  self.url)
@@ -261,8 +275,13 @@ def create_app(config: ExperimentConfig, client: Client | None = None, **kwargs)
 
     @app.post("/train")
     def train():
-        web.check_token(client.token)
-        job = client.enqueue(web.json_body())
+        # Only the server holds this client's credential: it signs each push.
+        data = web.read_body()
+        signer = web.authenticate_client(lambda cid: client.secret, data)
+        if signer != client.client_id:
+            raise web.ApiError(403, f"training request signed for client {signer}; this is "
+                                    f"client {client.client_id}")
+        job = client.enqueue(web.json_body(data=data))
         return jsonify(accepted=True, round=job.round), 202
 
     return app

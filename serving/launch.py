@@ -1,6 +1,6 @@
 """``fsjax serve | client | launch``: the networked commands, as processes.
 
-- :func:`serve`: the server app (:mod:`fsjax.serving.server`) under waitress,
+- :func:`serve`: the server app (:mod:`fsjax.serving.server`) under uvicorn,
   the rounds in a background thread with the wiring of ``fsjax run``
   (:func:`fsjax.runs.run_in_dir`); SIGTERM/Ctrl-C stop it (MLflow: KILLED).
 - :func:`run_client`: one client (:mod:`fsjax.serving.client`): build, compile,
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from fsjax import runs
-from fsjax.serving import web
+from fsjax.serving import auth, web
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,33 @@ def dispatch(args) -> int:
     if args.command == "launch":
         return launch(args)
     raise runs.UsageError(f"unknown command {args.command!r}")
+
+
+INSECURE_ENV = "FSJAX_INSECURE"
+TLS_CERT_ENV, TLS_KEY_ENV = "FSJAX_TLS_CERT", "FSJAX_TLS_KEY"
+
+
+def _option(args, name: str, env: str) -> str | None:
+    """``--name`` (when the parser has it), else ``$env``, else None."""
+    return getattr(args, name, None) or os.environ.get(env) or None
+
+
+def tls_options(args) -> tuple[str | None, str | None, str | None]:
+    """``(certificate, key, ca_bundle)`` from ``--tls-cert/--tls-key/--ca-bundle`` or
+    ``$FSJAX_TLS_CERT``, ``$FSJAX_TLS_KEY``, ``$FSJAX_CA_BUNDLE``."""
+    cert, key = _option(args, "tls_cert", TLS_CERT_ENV), _option(args, "tls_key", TLS_KEY_ENV)
+    if bool(cert) != bool(key):
+        raise runs.UsageError("TLS needs both --tls-cert and --tls-key (or FSJAX_TLS_CERT "
+                              "and FSJAX_TLS_KEY)")
+    for path in (cert, key, _option(args, "ca_bundle", web.CA_BUNDLE_ENV)):
+        if path and not Path(path).is_file():
+            raise runs.UsageError(f"TLS file {path!r} does not exist")
+    return cert, key, _option(args, "ca_bundle", web.CA_BUNDLE_ENV)
+
+
+def insecure(args) -> bool:
+    """``--insecure`` or ``FSJAX_INSECURE=1``."""
+    return bool(getattr(args, "insecure", False)) or os.environ.get(INSECURE_ENV) == "1"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,9 +152,16 @@ def launch(args) -> int:
         extras.require("track", "MLflow tracking (off with --no-track)")
         tracking.check_tracking_uri(tracking.resolve_tracking_uri(args.tracking_uri))
     run_dir = runs.new_run_dir(args.output_dir or cfg.output_dir, cfg.name)
-    env = dict(os.environ, FSJAX_TOKEN=web.resolve_token(None) or secrets.token_urlsafe(32))
+    token = web.resolve_token(None) or secrets.token_urlsafe(32)
+    env = dict(os.environ, FSJAX_TOKEN=token)
+    cert, key, ca_bundle = tls_options(args)
+    for name, value in ((TLS_CERT_ENV, cert), (TLS_KEY_ENV, key),
+                        (web.CA_BUNDLE_ENV, ca_bundle)):
+        if value:
+            env[name] = value      # the server and every client serve and verify alike
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if cert else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     fsjax = [sys.executable, "-m", "fsjax"]
     sets = [x for o in overrides for x in ("--set", o)]
     server_cmd = [*fsjax, "serve", args.config, *sets, "--host", "127.0.0.1", "--port",
@@ -147,7 +181,10 @@ def launch(args) -> int:
     try:
         server = subprocess.Popen(server_cmd, env=env, start_new_session=True)
         procs.append(server)
-        clients = [subprocess.Popen(c, env=env, start_new_session=True) for c in client_cmds]
+        # Each client gets only its own enrolment token: it cannot enrol as another id.
+        clients = [subprocess.Popen(c, env=dict(env, FSJAX_TOKEN=auth.enrolment_token(token, i)),
+                                    start_new_session=True)
+                   for i, c in enumerate(client_cmds)]
         procs += clients
         while server.poll() is None:
             if all(c.poll() not in (None, 0) for c in clients):
@@ -196,28 +233,46 @@ def resolve_serve_config(args):
     return cfg, run_dir, False
 
 
-def serve(args) -> int:
-    """``fsjax serve``: the app under waitress, the rounds in a background thread."""
-    import waitress
+def check_serve_security(token: str | None, open_mode: bool, host: str,
+                         tls: bool) -> None:
+    """Refuses to serve without a token unless ``open_mode``; warns when open or plain."""
+    if token is None and not open_mode:
+        raise runs.UsageError(
+            f"fsjax serve: no {web.TOKEN_ENV} set; set one (python -c \"import secrets; "
+            f"print(secrets.token_urlsafe(32))\") or pass --insecure (or {INSECURE_ENV}=1) "
+            "to let anyone who reaches the server enrol clients")
+    if token is None:
+        print(f"fsjax serve: WARNING: --insecure: no {web.TOKEN_ENV}; anyone who reaches "
+              f"{host} can enrol as any client id not yet registered", file=sys.stderr,
+              flush=True)
+    if not tls and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("serving plain HTTP on %s: use --tls-cert/--tls-key, or a TLS proxy, "
+                    "off a private network", host)
 
+
+def serve(args) -> int:
+    """``fsjax serve``: the app over HTTP(S), the rounds in a background thread."""
     from fsjax.serving import server
+    from fsjax.serving.httpserver import HttpServer
 
     try:
         cfg, run_dir, resuming = resolve_serve_config(args)
     except ValueError as err:
         raise runs.UsageError(str(err)) from None
+    cert, key, ca_bundle = tls_options(args)
+    check_serve_security(web.resolve_token(None), insecure(args), args.host, bool(cert))
     coord = server.Coordinator(cfg, round_timeout=args.round_timeout,
-                               register_timeout=args.register_timeout)
+                               register_timeout=args.register_timeout, ca_bundle=ca_bundle)
     sim = coord.sim
     app = server.create_app(cfg, coord)
     # Enough threads for every client's heartbeat and update at once, within reason.
     threads = max(8, min(64, sim.num_clients + 4))
-    http = waitress.create_server(app, host=args.host, port=args.port, threads=threads,
-                                  max_request_body_size=2 * coord.max_bytes,
-                                  connection_limit=max(100, 2 * sim.num_clients))
-    log.info("server for %d clients on http://%s:%s (run dir %s%s)", sim.num_clients,
-             args.host, http.effective_port, run_dir, ", resuming" if resuming else "")
-    threading.Thread(target=http.run, name="fsjax-http", daemon=True).start()
+    http = HttpServer(app, args.host, args.port, threads=threads, tls_cert=cert,
+                      tls_key=key, max_body=2 * coord.max_bytes)
+    log.info("server for %d clients on %s://%s:%s (run dir %s%s)", sim.num_clients,
+             http.scheme, args.host, http.effective_port, run_dir,
+             ", resuming" if resuming else "")
+    http.start()
     outcome: dict[str, BaseException] = {}
     finished = threading.Event()
 
@@ -262,12 +317,27 @@ def serve(args) -> int:
 # ------------------------------------------------------------------ fsjax client
 
 
+def advertised_url(args, scheme: str, port: int, server_url: str) -> str:
+    """The URL the server will push to: ``--url``/``$FSJAX_CLIENT_URL``, else
+    ``scheme://HOST:port``; a UsageError when the server could not reach it."""
+    url = args.url or os.environ.get("FSJAX_CLIENT_URL")
+    if not url and args.host in ("0.0.0.0", "::", ""):
+        raise runs.UsageError(f"fsjax client: --host {args.host or '(all)'} listens on every "
+                              "interface but is no address the server can reach; give --url "
+                              f"{scheme}://<this machine's address>:PORT (or FSJAX_CLIENT_URL)")
+    url = (url or f"{scheme}://{args.host}:{port}").rstrip("/")
+    try:
+        web.check_advertised_url(url, server_url)
+    except ValueError as err:
+        raise runs.UsageError(f"fsjax client: {err}") from None
+    return url
+
+
 def run_client(args) -> int:
     """``fsjax client``: build, compile, serve, register, then work until done."""
-    import waitress
-
     from fsjax import config
     from fsjax.serving.client import Client, create_app
+    from fsjax.serving.httpserver import HttpServer
 
     cid = args.client_id
     if cid is None:
@@ -282,14 +352,16 @@ def run_client(args) -> int:
         cfg = config.load(args.config, args.overrides)
     except ValueError as err:
         raise runs.UsageError(str(err)) from None
+    cert, key, ca_bundle = tls_options(args)
+    scheme = "https" if cert else "http"
+    advertised_url(args, scheme, args.port or 1, server_url)   # refuse before building
     client = Client(cfg, cid, server_url, heartbeat=args.heartbeat,
-                    give_up_after=args.give_up_after, train_delay=args.train_delay)
+                    give_up_after=args.give_up_after, train_delay=args.train_delay,
+                    ca_bundle=ca_bundle)
     client.warm_up()
-    http = waitress.create_server(create_app(cfg, client), host=args.host, port=args.port,
-                                  threads=4)
-    host = socket.gethostname() if args.host in ("0.0.0.0", "::", "") else args.host
-    client.url = (args.url or os.environ.get("FSJAX_CLIENT_URL")
-                  or f"http://{host}:{http.effective_port}").rstrip("/")
+    http = HttpServer(create_app(cfg, client), args.host, args.port, threads=4,
+                      tls_cert=cert, tls_key=key, max_body=web.JSON_MAX_BYTES)
+    client.url = advertised_url(args, scheme, http.effective_port, server_url)
     threads = [threading.Thread(target=http.run, name="fsjax-http", daemon=True),
                threading.Thread(target=client.worker, name="fsjax-train", daemon=True)]
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

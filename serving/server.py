@@ -59,13 +59,14 @@ import logging
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import jax
 import numpy as np
 
 from fsjax import backends, callbacks, local, simulation
 from fsjax.config import ExperimentConfig
-from fsjax.serving import web, wire
+from fsjax.serving import auth, web, wire
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ServerStopped(KeyboardInterrupt):
 class ClientRecord:
     url: str
     num_examples: int
+    secret: str = dataclasses.field(default="", repr=False)   # never shown
     available: bool = True
     latency: float | None = None
     last_seen: float = 0.0
@@ -104,16 +106,20 @@ class Coordinator:
     Args:
       config: the experiment config.
       dataset: use this data set instead of loading ``config.data``.
-      token: the shared token (default ``$FSJAX_TOKEN``; ``""`` = none).
+      token: the enrolment token (default ``$FSJAX_TOKEN``; ``""`` = none:
+        any client may enrol any free id).
       round_timeout: seconds a round waits for the selected clients.
       register_timeout: seconds to wait for all clients before round 1.
       push_timeout: seconds for each ``POST /train`` to a client.
       max_bytes: body size limit (default: twice the params' size plus 64 KiB).
+      ca_bundle: CA bundle that clients' HTTPS certificates must chain to
+        (default ``$FSJAX_CA_BUNDLE``, else the system's).
     """
 
     def __init__(self, config: ExperimentConfig, *, dataset=None, token: str | None = None,
                  round_timeout: float = 60.0, register_timeout: float = 300.0,
-                 push_timeout: float = 5.0, max_bytes: int | None = None):
+                 push_timeout: float = 5.0, max_bytes: int | None = None,
+                 ca_bundle: str | None = None):
         if round_timeout <= 0 or register_timeout < 0:
             raise ValueError(f"round_timeout={round_timeout}, register_timeout="
                              f"{register_timeout}: expected > 0 and >= 0 seconds")
@@ -140,15 +146,43 @@ class Coordinator:
         self.stopping = False
         self._waited = False
         # Pushes give up after a second: an unreachable client fails its slot at once.
-        self._http = web.session(give_up_after=1.0, backoff=0.05)
+        self._http = web.session(give_up_after=1.0, backoff=0.05, ca_bundle=ca_bundle)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, min(32, sim.num_slots)), thread_name_prefix="fsjax-push")
 
     # ------------------------------------------------------------ handlers
 
-    def register(self, body: dict) -> dict:
-        web.check_fields(body, ("client_id", "num_examples", "label_histogram", "url"))
+    def register(self, body: dict, bearer: str | None = None) -> dict:
+        """``POST /register``: enrols a new id, or re-registers one with its credential.
+
+        Args:
+          body: ``{client_id, num_examples, label_histogram, url, secret}``.
+          bearer: the request's bearer token: the enrolment token, or the
+            id's derived one (:func:`fsjax.serving.auth.enrolment_token`);
+            needed to enrol a new id when the server has a token.
+        """
+        web.check_fields(body, ("client_id", "num_examples", "label_histogram", "url",
+                                "secret"))
         cid = self._client_id(body)
+        if "secret" not in body:
+            raise web.ApiError(400, "missing field 'secret' (the client's credential)")
+        secret = body["secret"]
+        if not (isinstance(secret, str) and 16 <= len(secret) <= 256 and secret.isascii()
+                and secret.isprintable()):
+            raise web.ApiError(400, "field 'secret': expected the client's credential, a "
+                                    "string of 16 to 256 printable ASCII characters")
+        with self.cond:
+            rec = self.clients.get(cid)
+        if rec is not None:
+            if not auth.same_secret(secret, rec.secret):
+                raise web.ApiError(403, f"client id {cid} is already registered; registering "
+                                        "it again needs that client's credential")
+        elif not auth.may_enrol(self.token, cid, bearer):
+            if bearer is None:
+                raise web.ApiError(401, "missing 'Authorization: Bearer <token>' header "
+                                   f"(enrolling a client needs {web.TOKEN_ENV} or the "
+                                   "client's enrolment token)")
+            raise web.ApiError(403, f"wrong enrolment token for client {cid}")
         n = web.int_field(body, "num_examples", lo=0)
         hist = body.get("label_histogram")
         L = self._hist.shape[1]
@@ -161,6 +195,13 @@ class Coordinator:
             raise web.ApiError(400, f"field 'label_histogram': expected a list of {L} "
                                "counts") from None
         url = web.url_field(body, "url")
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            raise web.ApiError(400, f"field 'url'={url!r:.80}: expected an http(s) URL") from None
+        if host in ("0.0.0.0", "::", ""):
+            raise web.ApiError(422, f"field 'url'={url!r}: a wildcard address, not one the "
+                                    "server can reach")
         if n != int(self._n[cid]) or not np.array_equal(counts, self._hist[cid]):
             raise web.ApiError(422, f"client {cid} reports {n} examples with label counts "
                                f"{hist}; the server's partition gives it {int(self._n[cid])} "
@@ -168,11 +209,15 @@ class Coordinator:
                                "and seed on both sides?)")
         with self.cond:
             rec = self.clients.get(cid)
-            if rec is not None and rec.url != url:
-                raise web.ApiError(409, f"client id {cid} is already registered from "
-                                   f"{rec.url}; refusing {url}")
+            if rec is not None and not auth.same_secret(secret, rec.secret):
+                raise web.ApiError(403, f"client id {cid} is already registered; registering "
+                                        "it again needs that client's credential")
             new = rec is None
-            self.clients[cid] = rec or ClientRecord(url, n)
+            if new:
+                self.clients[cid] = ClientRecord(url, n, secret)
+            elif rec.url != url:
+                log.info("client %d moved from %s to %s (its credential)", cid, rec.url, url)
+                rec.url = url
             self.clients[cid].last_seen = time.time()
             self.cond.notify_all()
         if new:
@@ -181,9 +226,22 @@ class Coordinator:
         return {"ok": True, "client_id": cid, "num_clients": self.num_clients,
                 "round": self.model_round}
 
-    def report_status(self, body: dict) -> dict:
+    def secret_of(self, cid: int) -> str | None:
+        """Client ``cid``'s credential, None when it is not registered."""
+        with self.cond:
+            rec = self.clients.get(cid)
+            return None if rec is None else rec.secret
+
+    @staticmethod
+    def _same_client(cid: int, signer: int | None) -> None:
+        if signer is not None and cid != signer:
+            raise web.ApiError(403, f"request signed by client {signer} speaks for client {cid}")
+
+    def report_status(self, body: dict, signer: int | None = None) -> dict:
+        """``POST /status`` from client ``signer`` (the id that signed the request)."""
         web.check_fields(body, ("client_id", "available", "latency"))
         cid = self._client_id(body)
+        self._same_client(cid, signer)
         available = web.bool_field(body, "available")
         latency = web.float_field(body, "latency", lo=0.0, required=False)
         with self.cond:
@@ -199,12 +257,14 @@ class Coordinator:
                 raise web.ApiError(409, "no model yet: the first round has not started")
             return self.model_bytes
 
-    def submit_update(self, data: bytes) -> dict:
+    def submit_update(self, data: bytes, signer: int | None = None) -> dict:
+        """``POST /update`` from client ``signer`` (the id that signed the request)."""
         try:
             upd = wire.decode_update(data, self.template, self.max_bytes)
         except wire.WireError as err:
             raise web.ApiError(err.status, str(err)) from None
         cid = upd.client_id
+        self._same_client(cid, signer)
         if cid >= self.num_clients:
             raise web.ApiError(404, f"unknown client id {cid}: this experiment has clients "
                                f"0..{self.num_clients - 1}")
@@ -235,14 +295,17 @@ class Coordinator:
             return {"ok": True, "round": cur.round, "received": len(cur.received),
                     "selected": len(cur.selected)}
 
-    def status(self) -> dict:
+    def status(self, full: bool = False) -> dict:
+        """``GET /status``; client URLs only when ``full`` (the request had the token)."""
         with self.cond:
             cur = self.current
             return {
                 "round": self.model_round, "rounds": self.config.rounds, "done": self.done,
                 "error": self.error, "num_clients": self.num_clients,
-                "registered": {str(c): dataclasses.asdict(r) for c, r in
-                               sorted(self.clients.items())},
+                "registered": {str(c): {
+                    "num_examples": r.num_examples, "available": r.available,
+                    "latency": r.latency, "last_seen": r.last_seen,
+                    **({"url": r.url} if full else {})} for c, r in sorted(self.clients.items())},
                 "open_round": None if cur is None else {
                     "round": cur.round, "open": cur.open, "selected": sorted(cur.selected),
                     "received": sorted(cur.received), "unreachable": sorted(cur.unreachable)},
@@ -307,7 +370,8 @@ class Coordinator:
         try:
             if rec is None:
                 raise web.Unavailable("not registered")
-            web.call("POST", f"{rec.url}/train", body=job, token=self.token,
+            # Signed with the client's own credential; the enrolment token never leaves.
+            web.call("POST", f"{rec.url}/train", body=job, sign=(cid, rec.secret),
                      timeout=self.push_timeout, http=self._http)
         except Exception as err:  # noqa: BLE001 - any failure means no update is coming
             log.warning("round %d: client %d unreachable: %s", job["round"], cid, err)
@@ -418,7 +482,7 @@ def create_app(config: ExperimentConfig, coordinator: Coordinator | None = None,
     Returns:
       A Flask app; ``app.extensions["fsjax"]`` is the coordinator.
     """
-    from flask import Flask, Response, jsonify, request
+    from flask import Flask, Response, jsonify
 
     coord = coordinator or Coordinator(config, **kwargs)
     app = Flask("fsjax-server")
@@ -433,26 +497,27 @@ def create_app(config: ExperimentConfig, coordinator: Coordinator | None = None,
 
     @app.post("/register")
     def register():
-        web.check_token(coord.token)
-        return jsonify(coord.register(web.json_body()))
+        return jsonify(coord.register(web.json_body(), web.bearer()))
 
     @app.post("/status")
     def post_status():
-        web.check_token(coord.token)
-        return jsonify(coord.report_status(web.json_body()))
+        data = web.read_body()
+        signer = web.authenticate_client(coord.secret_of, data)
+        return jsonify(coord.report_status(web.json_body(data=data), signer))
 
     @app.get("/status")
     def get_status():
-        return jsonify(coord.status())
+        return jsonify(coord.status(full=web.has_token(coord.token)))
 
     @app.get("/model")
     def model():
-        web.check_token(coord.token)
+        web.authenticate_client(coord.secret_of, web.read_body())
         return Response(coord.model(), mimetype=web.MSGPACK)
 
     @app.post("/update")
     def update():
-        web.check_token(coord.token)
-        return jsonify(coord.submit_update(request.get_data(cache=False)))
+        data = web.read_body(coord.max_bytes)
+        signer = web.authenticate_client(coord.secret_of, data)
+        return jsonify(coord.submit_update(data, signer))
 
     return app

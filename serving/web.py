@@ -31,12 +31,19 @@ import os
 import threading
 import time
 
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
 import requests
 from urllib3.util import Retry as _Retry
+
+from fsjax.serving import auth
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "FSJAX_TOKEN"
+CA_BUNDLE_ENV = "FSJAX_CA_BUNDLE"
 JSON_MAX_BYTES = 256 * 1024   # JSON bodies are small (a label histogram at most)
 MSGPACK = "application/msgpack"
 
@@ -99,12 +106,62 @@ def check_token(expected: str | None) -> None:
         raise ApiError(403, "wrong token in the Authorization header")
 
 
-def json_body(max_bytes: int = JSON_MAX_BYTES) -> dict:
-    """The request's JSON object, or :class:`ApiError` 400/413 naming the problem."""
+def bearer() -> str | None:
+    """The request's ``Authorization: Bearer`` token, or None."""
+    from flask import request
+
+    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+def has_token(expected: str | None) -> bool:
+    """Whether the request carries the shared token (False when none is configured)."""
+    given = bearer()
+    return expected is not None and given is not None and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
+def read_body(max_bytes: int = JSON_MAX_BYTES) -> bytes:
+    """The raw request body (413 past ``max_bytes``)."""
     from flask import request
 
     request.max_content_length = max_bytes
-    data = request.get_data(cache=False)   # 413 past max_bytes
+    return request.get_data(cache=False)
+
+
+def authenticate_client(secret_of, data: bytes) -> int:
+    """The client id a request is signed by (:mod:`fsjax.serving.auth`), or ApiError.
+
+    Args:
+      secret_of: ``secret_of(client_id) -> secret | None`` (None: not registered).
+      data: the raw request body (signed with the method and path).
+
+    Raises:
+      ApiError: 401 without the headers, 400 a malformed id, 404 an
+        unregistered id, 403 a wrong signature.
+    """
+    from flask import request
+
+    raw = request.headers.get(auth.CLIENT_HEADER)
+    sig = request.headers.get(auth.SIGNATURE_HEADER)
+    if raw is None or sig is None:
+        raise ApiError(401, f"missing {auth.CLIENT_HEADER} and {auth.SIGNATURE_HEADER} "
+                            "headers: this endpoint needs the client's own credential")
+    if not raw.strip().isdigit() or len(raw) > 12:
+        raise ApiError(400, f"header {auth.CLIENT_HEADER}={raw[:40]!r}: expected a client id")
+    cid = int(raw)
+    secret = secret_of(cid)
+    if secret is None:
+        raise ApiError(404, f"client {cid} is not registered")
+    if not auth.verify(secret, request.method, request.path, data, sig):
+        raise ApiError(403, f"wrong signature for client {cid} (not its credential)")
+    return cid
+
+
+def json_body(max_bytes: int = JSON_MAX_BYTES, data: bytes | None = None) -> dict:
+    """The request's JSON object (or ``data``'s), or :class:`ApiError` 400/413 naming the problem."""
+    if data is None:
+        data = read_body(max_bytes)
     try:
         body = json.loads(data)
     except Exception as err:  # noqa: BLE001 - bad UTF-8, bad JSON, too deep...
@@ -257,7 +314,8 @@ class Retry(_Retry):
                 time.sleep(delay)
 
 
-def session(give_up_after: float = 0.0, **retry) -> requests.Session:
+def session(give_up_after: float = 0.0, *, ca_bundle: str | None = None,
+            **retry) -> requests.Session:
     """A ``requests.Session`` whose calls retry for ``give_up_after`` seconds.
 
     Federated peers talk directly: the environment's proxies and ``.netrc`` are
@@ -266,10 +324,13 @@ def session(give_up_after: float = 0.0, **retry) -> requests.Session:
 
     Args:
       give_up_after: seconds of failures before a call gives up (0: no retry).
+      ca_bundle: PEM file of the CA(s) that HTTPS peers' certificates must chain
+        to (default ``$FSJAX_CA_BUNDLE``, else the system's CAs).
       **retry: ``backoff``, ``max_delay``, ``stop`` for :class:`Retry`.
     """
     http = requests.Session()
     http.trust_env = False
+    http.verify = ca_bundle or os.environ.get(CA_BUNDLE_ENV) or True
     adapter = requests.adapters.HTTPAdapter(max_retries=Retry(give_up_after, **retry))
     http.mount("http://", adapter)
     http.mount("https://", adapter)
@@ -280,7 +341,8 @@ _DEFAULT = threading.local()
 
 
 def call(method: str, url: str, *, body: bytes | dict | None = None, token: str | None = None,
-         timeout: float = 10.0, http: requests.Session | None = None) -> bytes:
+         timeout: float = 10.0, http: requests.Session | None = None,
+         sign: tuple[int, str] | None = None) -> bytes:
     """One HTTP request (retried as ``http`` says); returns the response body.
 
     Args:
@@ -290,6 +352,8 @@ def call(method: str, url: str, *, body: bytes | dict | None = None, token: str 
       token: sent as ``Authorization: Bearer <token>`` when given.
       timeout: seconds for connecting and for each read, per try.
       http: the session (:func:`session`); default one without retries.
+      sign: ``(client_id, secret)``: sign the request as that client
+        (:func:`fsjax.serving.auth.signed_headers`).
 
     Raises:
       HttpError: a 4xx answer (its JSON ``error`` in the message).
@@ -306,6 +370,9 @@ def call(method: str, url: str, *, body: bytes | dict | None = None, token: str 
         data, headers["Content-Type"] = bytes(body), MSGPACK
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    if sign is not None:
+        headers.update(auth.signed_headers(sign[0], sign[1], method, urlsplit(url).path or "/",
+                                           data or b""))
     try:
         resp = http.request(method, url, data=data, headers=headers, timeout=timeout,
                             allow_redirects=False)
@@ -315,7 +382,7 @@ def call(method: str, url: str, *, body: bytes | dict | None = None, token: str 
         return resp.content
     try:
         message = resp.json()["error"]
-    except Exception:  # noqa: BLE001 - not our JSON (a proxy, waitress itself)
+    except Exception:  # noqa: BLE001 - not our JSON (a proxy, the HTTP server itself)
         message = resp.content[:200].decode("utf-8", "replace")
     if resp.status_code >= 500:
         raise Unavailable(f"{method} {url}: HTTP {resp.status_code}: {message}")
@@ -329,3 +396,40 @@ def _reason(err: BaseException) -> BaseException:
     while inner.__cause__ is not None:
         inner = inner.__cause__
     return inner
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) resolves only to loopback addresses."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback
+                               for i in infos)
+
+
+def check_advertised_url(url: str, server_url: str) -> None:
+    """Raises ValueError unless the server at ``server_url`` could reach ``url``.
+
+    Refused: a wildcard address (``0.0.0.0``, ``::``), and a host that
+    resolves to loopback while the server's does not (the server would call
+    itself).
+    """
+    host = urlsplit(url).hostname or ""
+    if not host or (_is_ip(host) and ipaddress.ip_address(host).is_unspecified):
+        raise ValueError(f"client URL {url!r} is not an address the server can reach "
+                         "(a wildcard); give --url http(s)://<this machine's address>:PORT "
+                         "or set FSJAX_CLIENT_URL")
+    server_host = urlsplit(server_url).hostname or ""
+    if _is_loopback(host) and not _is_loopback(server_host):
+        raise ValueError(f"client URL {url!r} resolves to this machine's loopback but the "
+                         f"server ({server_host}) is remote: it would call itself; give "
+                         "--url with an address the server can reach (or FSJAX_CLIENT_URL)")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False

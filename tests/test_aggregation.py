@@ -76,6 +76,6 @@ def test_bad_names():
     with pytest.raises(ValueError, match="server optimizer"):
         aggregation.server_optimizer("rmsprop")
     with pytest.raises(ValueError, match="aggregation name"):
-        aggregation.make("median")
+        aggregation.make("geomedian")
     with pytest.raises(ValueError, match="q="):
         aggregation.qffl(q=-1)

@@ -156,19 +156,20 @@ def test_server_restart_resumes_from_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     serve = ["serve", QUICK, *sets, "--port", port, "--run-dir", run_dir, "--tracking-uri", uri,
              "--linger", 0, "-q"]
+    env = dict(os.environ, FSJAX_TOKEN="restart-test-token")
     procs = []
     try:
-        procs.append(_start(*serve, log=tmp_path / "server1.log"))
+        procs.append(_start(*serve, log=tmp_path / "server1.log", env=env))
         procs += [_start("client", QUICK, *sets, "--client-id", i, "--server", url,
                          "--train-delay", 0.6, "--heartbeat", 0.3, "-q",
-                         log=tmp_path / f"client{i}.log") for i in range(3)]
+                         log=tmp_path / f"client{i}.log", env=env) for i in range(3)]
         _wait_status(url, lambda s: s["round"] >= 3, 120, procs)
         os.killpg(procs[0].pid, signal.SIGKILL)          # a crash in the middle of round 3
         procs[0].wait(10)
         done = tracking.read_metrics_csv(run_dir / "metrics_log.csv")
         assert len(done["accuracy_mean"]) == 2, _logs(tmp_path)
 
-        procs[0] = _start(*serve, log=tmp_path / "server2.log")
+        procs[0] = _start(*serve, log=tmp_path / "server2.log", env=env)
         assert procs[0].wait(timeout=120) == 0, _logs(tmp_path)
     finally:
         launch.terminate(procs, grace=10)
@@ -263,7 +264,8 @@ def test_dockerfile_text_names_the_tested_commands(role, port, extras):
     assert ins[0] == ("FROM", "python:3.11-slim")
     (user,) = [rest for w, rest in ins if w == "USER"]
     assert user not in ("root", "0") and words.index("USER") > words.index("RUN")
-    assert any(w == "RUN" and f'pip install ".[{extras}]"' in rest for w, rest in ins)
+    assert any(w == "RUN" and f'pip install -c docker/constraints.txt ".[{extras}]"' in rest
+               for w, rest in ins)
     assert "ENTRYPOINT" not in words
     (cmd,) = [_exec_form(rest) for w, rest in ins if w == "CMD"]
     # `fsjax` is the console script for fsjax.cli:main, what the tests run as
@@ -312,3 +314,29 @@ def test_compose_text_has_server_and_clients():
     cfg = config.load(REPO / sargs.config, sargs.overrides)
     assert cfg.partition.num_clients == len(clients)
     assert any(v.endswith(":/data:ro") for v in server["volumes"])
+
+
+def test_images_install_pinned_tested_versions():
+    """docker/constraints.txt pins every package to the version installed here (tested)."""
+    import importlib.metadata as md
+
+    lines = [ln for ln in (REPO / "docker" / "constraints.txt").read_text().splitlines()
+             if ln and not ln.startswith("#")]
+    pins = dict(ln.split("==") for ln in lines)
+    assert all(re.fullmatch(r"[a-z0-9-]+==[^=\s]+", ln) for ln in lines), lines
+    for name in ("flask", "mlflow", "uvicorn", "a2wsgi", "requests", "jax", "flax"):
+        assert pins[name] == md.version(name), name
+    for role in ("server", "client"):
+        ignore = (REPO / "docker" / f"Dockerfile.{role}.dockerignore").read_text()
+        assert "!docker/constraints.txt" in ignore
+    root = (REPO / ".dockerignore").read_text().splitlines()
+    assert root[root.index("*") + 1:].count("!docker/constraints.txt") == 1
+
+
+def test_compose_publishes_on_loopback_by_default():
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    (port,) = compose["services"]["server"]["ports"]
+    assert port == "${FSJAX_PUBLISH:-127.0.0.1}:8080:8080"
+    for name, svc in compose["services"].items():
+        assert name == "server" or "ports" not in svc
+    assert "down -v" in (REPO / "docker" / "compose.yaml").read_text()

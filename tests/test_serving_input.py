@@ -20,7 +20,7 @@ import pytest
 from flax import serialization
 
 from fsjax import cli, config
-from fsjax.serving import client as client_lib, launch, server, web, wire
+from fsjax.serving import auth, client as client_lib, launch, server, web, wire
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "experiments" / "quick.yaml")
@@ -28,6 +28,19 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 C = 4
 WRITE_ENDPOINTS = ("/register", "/status", "/update")
+SECRETS = {cid: f"credential-of-client-{cid}-0123456789" for cid in range(C + 100)}
+
+
+def _sig(cid, method, path, data=b"", secret=None):
+    """Headers signing a request as client ``cid`` (with its credential unless ``secret``)."""
+    return auth.signed_headers(cid, secret or SECRETS[cid], method, path, data)
+
+
+def _post_json(http, path, body, cid=0, headers=None):
+    """POST ``body`` as JSON signed by client ``cid`` (or with ``headers`` instead)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http.post(path, data=data, content_type="application/json",
+                     headers=_sig(cid, "POST", path, data) if headers is None else headers)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +66,7 @@ def setup(cfg):
 def _registration(coord, cid, **change):
     body = {"client_id": cid, "num_examples": int(coord._n[cid % C]),
             "label_histogram": coord._hist[cid % C].tolist(),
-            "url": f"http://127.0.0.1:{9000 + cid}"}
+            "url": f"http://127.0.0.1:{9000 + cid}", "secret": SECRETS[cid % len(SECRETS)]}
     body.update(change)
     return body
 
@@ -98,7 +111,7 @@ def _with_leaf(coord, value_fn):
 
 
 def _snapshot(coord, http):
-    model = http.get("/model", headers=AUTH)
+    model = http.get("/model", headers=_sig(0, "GET", "/model"))
     assert model.status_code == 200
     return model.data, dict(coord.current.received)
 
@@ -115,8 +128,17 @@ def _assert_rejected(resp, text=None, codes=range(400, 500)):
 def test_each_kind_of_bad_request_is_a_named_4xx(setup):
     coord, http, _ = setup
     before = _snapshot(coord, http)
-    post_update = lambda data, **kw: http.post("/update", data=data, headers=AUTH,
-                                               content_type=web.MSGPACK, **kw)
+    def post_update(data, cid=0, headers=None):
+        return http.post("/update", data=data, content_type=web.MSGPACK,
+                         headers=_sig(cid, "POST", "/update", data) if headers is None
+                         else headers)
+
+    def update_of(cid, signer=None, **change):
+        data = wire.encode_update(_update(coord, cid=cid, **change))
+        return post_update(data, cid if signer is None else signer)
+
+    enrol_2 = {"Authorization": f"Bearer {auth.enrolment_token(TOKEN, 2)}"}
+    status_0 = {"client_id": 0, "available": True}
     nan_state = _with_leaf(coord, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0,
                                                      np.nan, a).astype(a.dtype))
     cases = [
@@ -149,31 +171,53 @@ def test_each_kind_of_bad_request_is_a_named_4xx(setup):
         (post_update(_raw_update(coord, client_id=True)), 400, "expected an integer"),
         (post_update(b"\x00" * (coord.max_bytes + 1)), 413, None),
         # who sends it, and for which round
-        (post_update(wire.encode_update(_update(coord, cid=99))), 404, "unknown client id 99"),
-        (post_update(wire.encode_update(_update(coord, cid=3))), 404, "not registered"),
-        (post_update(wire.encode_update(_update(coord, cid=2))), 403, "not selected"),
-        (post_update(wire.encode_update(_update(coord, round=0))), 409, "stale"),
-        (post_update(wire.encode_update(_update(coord, round=2))), 409, "future"),
-        (post_update(wire.encode_update(_update(coord, num_examples=1))), 422, "num_examples"),
-        (post_update(wire.encode_update(_update(coord, steps=6))), 422, "steps=6"),
-        # tokens
-        (http.post("/update", data=wire.encode_update(_update(coord))), 401, "missing"),
-        (http.post("/update", data=wire.encode_update(_update(coord)),
-                   headers={"Authorization": "Bearer wrong"}), 403, "wrong token"),
-        (http.post("/update", data=wire.encode_update(_update(coord)),
-                   headers={"Authorization": f"Basic {TOKEN}"}), 403, "wrong token"),
-        (http.post("/update", data=wire.encode_update(_update(coord)),
-                   headers={"Authorization": "Bearer s3cret-tokeñ"}), 403, "wrong token"),
+        (update_of(99), 404, "client 99 is not registered"),
+        (update_of(3), 404, "not registered"),
+        (update_of(2), 403, "not selected"),
+        (update_of(0, round=0), 409, "stale"),
+        (update_of(0, round=2), 409, "future"),
+        (update_of(0, num_examples=1), 422, "num_examples"),
+        (update_of(0, steps=6), 422, "steps=6"),
+        # credentials: the shared token is not a client's credential
+        (post_update(wire.encode_update(_update(coord)), headers={}), 401, "missing"),
+        (post_update(wire.encode_update(_update(coord)), headers=AUTH), 401, "missing"),
+        (post_update(wire.encode_update(_update(coord)), headers={
+            **AUTH, auth.CLIENT_HEADER: "0", auth.SIGNATURE_HEADER: "0" * 64}), 403,
+         "wrong signature"),
+        (post_update(wire.encode_update(_update(coord)), headers={
+            auth.CLIENT_HEADER: "zero", auth.SIGNATURE_HEADER: "x"}), 400, "expected a client id"),
+        # client 1 speaking for client 0: its own signature, 0's id in the body ...
+        (update_of(0, signer=1), 403, "speaks for client 0"),
+        # ... or 0's id in the header, signed with 1's credential
+        (post_update(d := wire.encode_update(_update(coord)), headers=_sig(
+            0, "POST", "/update", d, secret=SECRETS[1])), 403, "wrong signature"),
         (http.get("/model"), 401, "missing"),
+        (http.get("/model", headers=AUTH), 401, "missing"),
+        (http.get("/model", headers=_sig(1, "GET", "/model", secret=SECRETS[0])), 403,
+         "wrong signature"),
         (http.post("/register", json=_registration(coord, 3)), 401, "missing"),
-        (http.post("/status", json={"client_id": 0, "available": True},
-                   headers={"Authorization": "Bearer nope"}), 403, "wrong token"),
-        # registration
+        (http.post("/register", json=_registration(coord, 3),
+                   headers={"Authorization": "Bearer wrong"}), 403, "wrong enrolment token"),
+        (http.post("/register", json=_registration(coord, 3), headers=enrol_2), 403,
+         "wrong enrolment token"),
+        (_post_json(http, "/status", status_0, headers={"Authorization": "Bearer nope"}), 401,
+         "missing"),
+        (_post_json(http, "/status", status_0, cid=2), 403, "speaks for client 0"),
+        # registration: taking over a registered id needs its credential
+        (http.post("/register", json=_registration(coord, 0, url="http://10.0.0.9:1",
+                                                   secret="a-guess-at-the-credential"),
+                   headers=AUTH), 403, "already registered"),
+        (http.post("/register", json=_registration(coord, 0, secret=SECRETS[1]),
+                   headers=AUTH), 403, "already registered"),
+        (http.post("/register", json={k: v for k, v in _registration(coord, 3).items()
+                                      if k != "secret"}, headers=AUTH), 400, "secret"),
+        (http.post("/register", json=_registration(coord, 3, secret="short"), headers=AUTH),
+         400, "secret"),
+        (http.post("/register", json=_registration(coord, 3, url="http://0.0.0.0:9"),
+                   headers=AUTH), 422, "wildcard"),
         (http.post("/register", json=_registration(coord, 4), headers=AUTH), 404,
          "unknown client id 4"),
         (http.post("/register", json=_registration(coord, -1), headers=AUTH), 404, "unknown"),
-        (http.post("/register", json=_registration(coord, 0, url="http://10.0.0.9:1"),
-                   headers=AUTH), 409, "already registered"),
         (http.post("/register", json=_registration(coord, 3, num_examples=1), headers=AUTH),
          422, "partition"),
         (http.post("/register", json=_registration(coord, 3, label_histogram=[1, 2]),
@@ -190,16 +234,15 @@ def test_each_kind_of_bad_request_is_a_named_4xx(setup):
         (http.post("/register", data=b"[" * 100000 + b"]" * 100000, headers=AUTH), 400, None),
         (http.post("/register", data=b" " * (web.JSON_MAX_BYTES + 1), headers=AUTH), 413, None),
         # status reports
-        (http.post("/status", json={"client_id": 3, "available": True}, headers=AUTH), 404,
+        (_post_json(http, "/status", {"client_id": 3, "available": True}, cid=3), 404,
          "not registered"),
-        (http.post("/status", json={"client_id": 7, "available": True}, headers=AUTH), 404,
+        (_post_json(http, "/status", {"client_id": 7, "available": True}, cid=0), 404,
          "unknown"),
-        (http.post("/status", json={"client_id": 0, "available": "yes"}, headers=AUTH), 400,
-         "available"),
-        (http.post("/status", data=b'{"client_id": 0, "available": true, "latency": NaN}',
-                   headers=AUTH, content_type="application/json"), 400, "latency"),
-        (http.post("/status", json={"client_id": 0, "available": True, "latency": -1},
-                   headers=AUTH), 400, "latency"),
+        (_post_json(http, "/status", {"client_id": 0, "available": "yes"}), 400, "available"),
+        (_post_json(http, "/status", b'{"client_id": 0, "available": true, "latency": NaN}'),
+         400, "latency"),
+        (_post_json(http, "/status", {"client_id": 0, "available": True, "latency": -1}), 400,
+         "latency"),
         # wrong method or path
         (http.get("/update"), 405, None),
         (http.post("/nowhere", headers=AUTH), 404, None),
@@ -210,9 +253,30 @@ def test_each_kind_of_bad_request_is_a_named_4xx(setup):
     assert _snapshot(coord, http) == before
     assert coord.clients[0].url == "http://127.0.0.1:9000" and 3 not in coord.clients
     assert http.get("/health").status_code == 200
+    # /status shows client URLs only to the token holder.
+    assert "url" not in json.dumps(http.get("/status").json["registered"])
+    assert "9000" not in http.get("/status").get_data(as_text=True)
+    assert http.get("/status", headers=AUTH).json["registered"]["0"]["url"] == \
+        "http://127.0.0.1:9000"
+    assert SECRETS[0] not in http.get("/status", headers=AUTH).get_data(as_text=True)
 
 
-FIELDS = {"/register": ("client_id", "num_examples", "label_histogram", "url"),
+def test_a_client_moves_with_its_credential_and_enrols_with_its_own_token(cfg):
+    coord = server.Coordinator(cfg, token=TOKEN)
+    http = server.create_app(cfg, coord).test_client()
+    mine = {"Authorization": f"Bearer {auth.enrolment_token(TOKEN, 1)}"}
+    assert http.post("/register", json=_registration(coord, 1), headers=mine).status_code == 200
+    # A retry of the same registration (its answer lost) is accepted: same credential.
+    assert http.post("/register", json=_registration(coord, 1), headers=mine).status_code == 200
+    moved = _registration(coord, 1, url="http://10.1.2.3:7000")
+    assert http.post("/register", json=moved).status_code == 200   # the credential suffices
+    assert coord.clients[1].url == "http://10.1.2.3:7000"
+    # Client 1's enrolment token does not enrol client 2.
+    assert http.post("/register", json=_registration(coord, 2), headers=mine).status_code == 403
+    assert sorted(coord.clients) == [1]
+
+
+FIELDS = {"/register": ("client_id", "num_examples", "label_histogram", "url", "secret"),
           "/status": ("client_id", "available", "latency"),
           "/update": wire.UPDATE_FIELDS,
           "/train": ("round", "steps", "key", "client_id")}
@@ -224,6 +288,7 @@ def _values(coord, field, rng, path):
     ok = {"client_id": [0, 1, 2], "available": [True, False], "latency": [0.0, 1.5],
           "num_examples": [int(coord._n[0])], "label_histogram": [coord._hist[0].tolist()],
           "url": ["http://127.0.0.1:9000"], "round": [1], "steps": [0, 5],
+          "secret": [SECRETS[0], SECRETS[3]],
           "loss": [2.0], "loss0": [0.5], "key": [[1, 2]],
           "delta": [wire.encode_tree(_delta(coord))]}[field]
     junk = [None, "x", [], {}, 1.5, True, -1, big, float("nan"), "\u0000" * 3]
@@ -233,6 +298,7 @@ def _values(coord, field, rng, path):
            "num_examples": [-1, "7", 1.5, None, True],
            "label_histogram": [[1] * 3, [], "x", [None] * 10, [True] * 10, [big] * 10],
            "url": ["ftp://x", "", 5, "http://a b", "http://" + "a" * 3000, None],
+           "secret": ["short", 5, None, "x" * 300, [SECRETS[0]], "\ud800" * 20, "é" * 20],
            "round": [0, -1, "1", 1.5, None, True] + ([] if path == "/train" else [2, big]),
            "steps": [-1, "5", None, 1.5, 10 ** 7] + ([] if path == "/train" else [6]),
            "loss": [float("nan"), float("inf"), "2", None, True],
@@ -299,57 +365,65 @@ def test_garbage_bodies_on_every_write_endpoint(setup, cfg):
     for path in WRITE_ENDPOINTS:
         for i, body in enumerate(_garbage(rng, 1000, coord, path)):
             ctype = web.MSGPACK if path == "/update" else "application/json"
-            resp = http.post(path, data=body, headers=AUTH, content_type=ctype)
+            headers = AUTH if path == "/register" else _sig(0, "POST", path, body)
+            resp = http.post(path, data=body, headers=headers, content_type=ctype)
             assert 400 <= resp.status_code < 500, (path, i, body[:60], resp.data[:200])
             assert "error" in resp.get_json(), (path, i)
     assert _snapshot(coord, http) == before
     assert sorted(coord.clients) == [0, 1, 2]
     assert http.get("/health").status_code == 200
 
-    # The client's only write endpoint, POST /train.
-    cl = client_lib.Client(cfg, 1, "http://127.0.0.1:9", token=TOKEN)
+    # The client's only write endpoint, POST /train: only the server, which holds the
+    # client's credential, can sign a push.
+    cl = client_lib.Client(cfg, 1, "http://127.0.0.1:9", token=TOKEN, secret=SECRETS[1])
     capp = client_lib.create_app(cfg, cl).test_client()
     for i, body in enumerate(_garbage(rng, 1000, coord, "/train")):
-        resp = capp.post("/train", data=body, headers=AUTH, content_type="application/json")
+        resp = _post_json(capp, "/train", body, cid=1)
         assert 400 <= resp.status_code < 500, (i, body[:60], resp.data[:200])
-    bad_jobs = [({"round": 1, "steps": 5, "key": [1, 2]}, None, 401),
-                ({"round": 1, "steps": 5, "key": [1, 2]}, "Bearer x", 403),
-                ({"round": 0, "steps": 5, "key": [1, 2]}, AUTH["Authorization"], 400),
-                ({"round": 1, "steps": -1, "key": [1, 2]}, AUTH["Authorization"], 400),
-                ({"round": 1, "steps": 5, "key": [1, 2 ** 32]}, AUTH["Authorization"], 400),
-                ({"round": 1, "steps": 5, "key": [1]}, AUTH["Authorization"], 400),
-                ({"round": 1, "steps": 5, "key": [1, 2], "client_id": 2},
-                 AUTH["Authorization"], 409),
-                ({"round": 1, "steps": 5, "key": [1, 2], "x": 1}, AUTH["Authorization"], 400)]
-    for body, auth, code in bad_jobs:
-        headers = {"Authorization": auth} if auth else {}
-        resp = capp.post("/train", json=body, headers=headers)
+    job = {"round": 1, "steps": 5, "key": [1, 2]}
+    signed = lambda cid, secret: (lambda d: _sig(cid, "POST", "/train", d, secret))
+    bad_jobs = [(job, lambda d: {}, 401), (job, lambda d: AUTH, 401),
+                (job, signed(1, SECRETS[0]), 403),          # signed with another credential
+                (job, signed(0, SECRETS[0]), 403),          # a push meant for client 0
+                ({"round": 0, "steps": 5, "key": [1, 2]}, None, 400),
+                ({"round": 1, "steps": -1, "key": [1, 2]}, None, 400),
+                ({"round": 1, "steps": 5, "key": [1, 2 ** 32]}, None, 400),
+                ({"round": 1, "steps": 5, "key": [1]}, None, 400),
+                ({"round": 1, "steps": 5, "key": [1, 2], "client_id": 2}, None, 409),
+                ({"round": 1, "steps": 5, "key": [1, 2], "x": 1}, None, 400)]
+    for body, make_headers, code in bad_jobs:
+        data = json.dumps(body).encode()
+        resp = _post_json(capp, "/train", data, cid=1,
+                          headers=None if make_headers is None else make_headers(data))
         assert resp.status_code == code, (body, resp.status_code, resp.json)
         assert "error" in resp.json
     assert cl.jobs.empty() and capp.get("/health").status_code == 200
-    ok = capp.post("/train", json={"round": 3, "steps": 5, "key": [1, 2], "client_id": 1},
-                   headers=AUTH)
+    ok = _post_json(capp, "/train", {"round": 3, "steps": 5, "key": [1, 2], "client_id": 1},
+                    cid=1)
     assert ok.status_code == 202 and cl.jobs.get_nowait() == client_lib.TrainJob(3, 5, (1, 2))
 
 
 def test_good_update_then_duplicate_then_closed_round(setup):
     coord, http, params = setup
-    model = http.get("/model", headers=AUTH)
+    model = http.get("/model", headers=_sig(0, "GET", "/model"))
     got, r = wire.decode_model(model.data, coord.template)
     assert r == 1
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     body = wire.encode_update(_update(coord, cid=0))
-    ok = http.post("/update", data=body, headers=AUTH, content_type=web.MSGPACK)
+    ok = http.post("/update", data=body, headers=_sig(0, "POST", "/update", body),
+                   content_type=web.MSGPACK)
     assert ok.status_code == 200 and ok.json["received"] == 1
-    _assert_rejected(http.post("/update", data=body, headers=AUTH), "already sent", {409})
+    _assert_rejected(http.post("/update", data=body, headers=_sig(0, "POST", "/update", body)),
+                     "already sent", {409})
     status = http.get("/status").json
     assert status["open_round"]["received"] == [0] and status["open_round"]["selected"] == [0, 1]
     assert set(status["registered"]) == {"0", "1", "2"}
     closed = coord.close_round()
     assert list(closed.received) == [0]
-    _assert_rejected(http.post("/update", data=wire.encode_update(_update(coord, cid=1)),
-                               headers=AUTH), "closed", {409})
+    late = wire.encode_update(_update(coord, cid=1))
+    _assert_rejected(http.post("/update", data=late, headers=_sig(1, "POST", "/update", late)),
+                     "closed", {409})
     # The collected result: client 0's delta in slot 0, zeros in slot 1.
     res = coord._result(closed, 2)
     leaf = jax.tree.leaves(res.delta)[0]
