@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from fsjax import cli, config, metrics, simulation, tracking
-from fsjax.serving import launch, web
+from fsjax.serving import launch
+from tests.serving_helpers import wait_status
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "experiments" / "quick.yaml")
@@ -36,25 +37,6 @@ def _start(*args, log: Path, env=None):
         return subprocess.Popen([*FSJAX, *map(str, args)], cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env=env or os.environ)
-
-
-def _status(url):
-    try:
-        return json.loads(web.call("GET", f"{url}/status", timeout=2))
-    except (web.Unavailable, web.HttpError):
-        return None
-
-
-def _wait_status(url, cond, timeout, procs=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = _status(url)
-        if st is not None and cond(st):
-            return st
-        for p in procs:
-            assert p.poll() is None, f"{p.args[3]} exited with {p.returncode} early"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting on {url}/status; last: {_status(url)}")
 
 
 def _logs(tmp_path):
@@ -119,7 +101,7 @@ def test_killed_client_counts_as_failed(tmp_path):
         procs += [_start("client", QUICK, *sets, "--client-id", i, "--server", url,
                          "--train-delay", 1.5, "--heartbeat", 0.5, "-q",
                          log=tmp_path / f"client{i}.log", env=env) for i in range(4)]
-        st = _wait_status(url, lambda s: (s["open_round"] or {}).get("round") == 1, 120, procs)
+        st = wait_status(url, lambda s: (s["open_round"] or {}).get("round") == 1, 120, procs)
         victim = st["open_round"]["selected"][0]
         assert victim not in st["open_round"]["received"]
         os.killpg(procs[1 + victim].pid, signal.SIGKILL)
@@ -163,7 +145,7 @@ def test_server_restart_resumes_from_checkpoint(tmp_path):
         procs += [_start("client", QUICK, *sets, "--client-id", i, "--server", url,
                          "--train-delay", 0.6, "--heartbeat", 0.3, "-q",
                          log=tmp_path / f"client{i}.log", env=env) for i in range(3)]
-        _wait_status(url, lambda s: s["round"] >= 3, 120, procs)
+        wait_status(url, lambda s: s["round"] >= 3, 120, procs)
         os.killpg(procs[0].pid, signal.SIGKILL)          # a crash in the middle of round 3
         procs[0].wait(10)
         done = tracking.read_metrics_csv(run_dir / "metrics_log.csv")
@@ -215,7 +197,7 @@ def test_launch_ctrl_c_stops_everything(tmp_path):
                           (tmp_path / "launch.log").read_text())
             url = m and m.group(1)
             time.sleep(0.1)
-        _wait_status(url, lambda s: s["round"] >= 2, 120, [proc])
+        wait_status(url, lambda s: s["round"] >= 2, 120, [proc])
         proc.send_signal(signal.SIGINT)                   # Ctrl-C
         assert proc.wait(timeout=60) == 130
     finally:

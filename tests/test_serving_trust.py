@@ -30,6 +30,7 @@ import pytest
 from fsjax import cli, config, local, simulation, tracking
 from fsjax.serving import auth, launch, server, web, wire
 from fsjax.serving.httpserver import HttpServer
+from tests.serving_helpers import wait_status
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "experiments" / "quick.yaml")
@@ -152,25 +153,6 @@ def _start(*args, log, env):
                                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
-def _status(url, **kw):
-    try:
-        return json.loads(web.call("GET", f"{url}/status", timeout=2, **kw))
-    except (web.Unavailable, web.HttpError):
-        return None
-
-
-def _wait(url, cond, timeout, procs, **kw):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = _status(url, **kw)
-        if st is not None and cond(st):
-            return st
-        for p in procs:
-            assert p.poll() is None, f"{p.args[3]} exited with {p.returncode} early"
-        time.sleep(0.1)
-    raise AssertionError(f"timed out on {url}/status; last: {_status(url, **kw)}")
-
-
 def _half_sent(port: int, n: int) -> list[socket.socket]:
     """``n`` loopback connections, each stopped mid-request: half a head, or a full
     head and half a body, with no credential."""
@@ -218,7 +200,7 @@ def test_500_half_sent_connections_do_not_stop_health_or_rounds(tmp_path):
         procs += [_start("client", QUICK, *sets, "--client-id", i, "--server", url,
                          "--heartbeat", 0.5, "-q", log=tmp_path / f"client{i}.log", env=env)
                   for i in range(3)]
-        before = _wait(url, lambda s: s["round"] >= 2, 300, procs)["round"]
+        before = wait_status(url, lambda s: s["round"] >= 2, 300, procs)["round"]
         t0 = time.monotonic()
         socks = _half_sent(port, FLOOD)
         held = _still_open(socks)
@@ -229,7 +211,7 @@ def test_500_half_sent_connections_do_not_stop_health_or_rounds(tmp_path):
             except (web.Unavailable, web.HttpError):
                 health.append(False)
             time.sleep(0.5)
-        after = _wait(url, lambda s: s["round"] >= before + 2, 60, procs)["round"]
+        after = wait_status(url, lambda s: s["round"] >= before + 2, 60, procs)["round"]
         held_after = _still_open(socks)
         seconds = time.monotonic() - t0
     finally:
