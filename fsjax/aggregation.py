@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fsjax import robust
+from fsjax import fair_aggregation, robust
 
 
 class Aggregator(NamedTuple):
@@ -162,6 +162,11 @@ REGISTRY: dict[str, Callable[..., Aggregator]] = {"fedavg": fedavg, "fedprox": f
 # Robust aggregators (fsjax.robust) are order statistics of the K stacked deltas, not
 # sums of client terms: their client_terms and finish are None (no fused chunked path).
 REGISTRY.update(median=robust.median, trimmed_mean=robust.trimmed_mean, krum=robust.krum)
+# The CUP study's server updates (fsjax.fair_aggregation) take the stacked path too.
+# fedfv needs nothing from the round; horvitz_thompson and afl need the round's
+# SlotContext (inclusion probabilities, availability estimates) and num_clients, which
+# the simulation does not pass yet, so they join the registry when the round does.
+REGISTRY.update(fedfv=fair_aggregation.fedfv)
 
 
 def make(name: str, opt: optax.GradientTransformation | None = None, **params: Any) -> Aggregator:

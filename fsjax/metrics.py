@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fsjax.cup_metrics import CUP_METRIC_NAMES, cup_metrics  # noqa: F401 (REFERENCE B.6)
+
 Array = jax.Array
 
 METRIC_NAMES = ("accuracy_mean", "accuracy_jain", "utility_cv", "utility_jain", "selection_gap",

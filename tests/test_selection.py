@@ -44,15 +44,24 @@ def history_state(c=12, seed=0):
                           loss=jnp.asarray(rng.uniform(0, 3, c), jnp.float32))
 
 
+# The CUP study's selectors (issue 16): their own states, tested in tests/test_cup.py.
+CUP_CONFIGS = {"cup": {}, "fedavg_random": {}, "uniform_available": {}, "fairfedcs": {},
+               "least_selected": {}, "inverse_availability": {}, "estimated_availability": {},
+               "round_robin": {}}
+
+
 def test_registry():
-    assert set(sl.REGISTRY) == set(CONFIGS)
+    assert set(sl.REGISTRY) == set(CONFIGS) | set(CUP_CONFIGS)
 
 
 # Every name fsjax.selection offered as one module, before it became a package.
 PUBLIC = ("REGISTRY", "Array", "Selection", "Feedback", "SelectorState", "Selector",
           "init_state", "update_state", "availability_estimate", "slot_mask", "selection_mask",
           "make_feedback", "round_slots", "full", "random", "aw_psp", "power_of_choice",
-          "surrogate_utility", "fair_select_scores", "fair_select")
+          "surrogate_utility", "fair_select_scores", "fair_select",
+          # issue 16
+          "CupState", "cup_scores", "dependent_rounding", "inclusion_probabilities",
+          "oracle_maxmin_scores", *CUP_CONFIGS)
 
 
 def test_package_reexports_every_public_name_and_registry_names_its_factories():
@@ -61,7 +70,7 @@ def test_package_reexports_every_public_name_and_registry_names_its_factories():
         assert not isinstance(getattr(sl, name), types.ModuleType), name
     for name, factory in sl.REGISTRY.items():
         assert getattr(sl, name) is factory
-        assert isinstance(factory(**CONFIGS[name]), sl.Selector)
+        assert isinstance(factory(**{**CONFIGS, **CUP_CONFIGS}[name]), sl.Selector)
 
 
 def test_no_submodule_is_named_like_a_reexported_name():

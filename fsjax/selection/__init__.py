@@ -6,15 +6,21 @@ A selector is a :class:`Selector` ``(init, select, update)`` of pure functions:
 - ``select(state, available: bool[C], key, num_slots) -> Selection``: K fixed
   slots (client indices) and a validity mask; valid slots come first, there are
   exactly ``min(K, #available)`` of them and they never name an unavailable
-  client; ``num_slots`` is a static Python int;
+  client (except ``fedavg_random``: see ``Selection.intent``); ``num_slots``
+  is a static Python int;
 - ``update(state, feedback: Feedback) -> state`` after the round;
 - ``full_participation``: True when the round must give it K = C slots.
 
 Factories (``REGISTRY[name](**params)``, the only dispatch on names): ``full``,
 ``random`` (PSP), ``aw_psp``, ``power_of_choice(d)``, ``fair_select(lam)``
-(cumulative utility parity, REFERENCE.md section B). All selectors share
-:class:`SelectorState`, the per-client history the round reports through
-:class:`Feedback`.
+(fsjax's own greedy variant), ``cup`` (the CUP scheduler of REFERENCE.md
+B.2) and the CUP study's baselines (B.3): ``fedavg_random`` (from the whole
+population: a chosen unavailable client has ``Selection.intent`` True and
+``valid`` False), ``uniform_available``, ``fairfedcs``, ``least_selected``,
+``inverse_availability``, ``estimated_availability``, ``round_robin``. All
+selectors keep :class:`SelectorState`, the per-client history the round
+reports through :class:`Feedback` (``cup``, ``fairfedcs`` and
+``round_robin`` inside their own state, as its ``base``).
 
 Layout (every public name is re-exported here, so ``fsjax.selection.X`` works):
 
@@ -29,6 +35,10 @@ Layout (every public name is re-exported here, so ``fsjax.selection.X`` works):
   ``power_of_choice``.
 - :mod:`~fsjax.selection.fair_selector`: Fair-Select (:func:`surrogate_utility`,
   :func:`fair_select_scores`, the greedy label cover, :func:`fair_select`).
+- :mod:`~fsjax.selection.cup_scheduler`: CUP (:func:`inclusion_probabilities`,
+  :func:`dependent_rounding`, :func:`cup_scores`, :func:`oracle_maxmin_scores`,
+  :class:`CupState`, :func:`cup`).
+- :mod:`~fsjax.selection.population_baselines`: the CUP study's baselines.
 
 A new strategy is one factory (in its own module, or in ``baselines`` if it is
 a few lines) built with ``core._selector``, one line in :data:`REGISTRY` below
@@ -53,7 +63,13 @@ from fsjax.selection.baselines import aw_psp, full, power_of_choice, random
 from fsjax.selection.core import (Array, Feedback, Selection, Selector, SelectorState,
                                   availability_estimate, init_state, make_feedback, round_slots,
                                   selection_mask, slot_mask, update_state)
+from fsjax.selection.cup_scheduler import (CupState, cup, cup_scores, dependent_rounding,
+                                           inclusion_probabilities, oracle_maxmin_scores)
 from fsjax.selection.fair_selector import fair_select, fair_select_scores, surrogate_utility
+from fsjax.selection.population_baselines import (estimated_availability, fairfedcs,
+                                                  fedavg_random, inverse_availability,
+                                                  least_selected, round_robin,
+                                                  uniform_available)
 
 REGISTRY: dict[str, Callable[..., Selector]] = {
     "full": full,
@@ -61,6 +77,15 @@ REGISTRY: dict[str, Callable[..., Selector]] = {
     "aw_psp": aw_psp,
     "power_of_choice": power_of_choice,
     "fair_select": fair_select,
+    # The CUP study (REFERENCE.md B.2, B.3): cup_scheduler, population_baselines.
+    "cup": cup,
+    "fedavg_random": fedavg_random,
+    "uniform_available": uniform_available,
+    "fairfedcs": fairfedcs,
+    "least_selected": least_selected,
+    "inverse_availability": inverse_availability,
+    "estimated_availability": estimated_availability,
+    "round_robin": round_robin,
 }
 
 __all__ = [
@@ -68,4 +93,7 @@ __all__ = [
     "availability_estimate", "aw_psp", "fair_select", "fair_select_scores", "full",
     "init_state", "make_feedback", "power_of_choice", "random", "round_slots",
     "selection_mask", "slot_mask", "surrogate_utility", "update_state",
+    "CupState", "cup", "cup_scores", "dependent_rounding", "estimated_availability", "fairfedcs",
+    "fedavg_random", "inclusion_probabilities", "inverse_availability", "least_selected",
+    "oracle_maxmin_scores", "round_robin", "uniform_available",
 ]

@@ -48,11 +48,19 @@ class Selection(NamedTuple):
 
     Attributes:
       slots: i32[K]  # client indices; invalid slots hold 0 (padding)
-      valid: bool[K]  # slot holds a selected client; valid slots come first
+      valid: bool[K]  # slot holds a selected client that trains (S = 1 and A = 1); valid slots come first
+      probs: f32[K] | None  # inclusion probability q of each slot's client given
+        # availability (samplers that know it: ``cup``; 0 in padding); None otherwise
+      intent: bool[K] | None  # slot holds a selected client (S = 1), available or not;
+        # None means the same as ``valid``. Only selectors that pick from the whole
+        # population (``fedavg_random``) set it: ``intent & ~valid`` slots were
+        # selected but are unavailable, so they must not train (S = 1, P = 0).
     """
 
     slots: Array
     valid: Array
+    probs: Array | None = None
+    intent: Array | None = None
 
 
 class Feedback(NamedTuple):
@@ -64,6 +72,12 @@ class Feedback(NamedTuple):
       participated: bool[C]  # selected and its update was used (not failed / dropped)
       utility: f32[C]  # global-model accuracy on the client's own test data, after aggregation
       loss: f32[C]  # global-model loss on the client's data
+      gain: f32[C] | None  # utility increment Delta u_k(t) of REFERENCE B.1 step 8 (for
+        # ``cup``; None: ``cup`` takes the change of ``utility`` since the last round)
+      loss_before: f32[C] | None  # F_k(w_t): the global model's loss on k's training
+        # data before local training (participants; ``fairfedcs``), None if not measured
+      local_loss: f32[C] | None  # k's final local training loss (participants), or None
+      budget: i32[] | None  # m' = min(m, C), the round's number of slots (``fairfedcs``)
     """
 
     available: Array
@@ -71,6 +85,10 @@ class Feedback(NamedTuple):
     participated: Array
     utility: Array
     loss: Array
+    gain: Array | None = None
+    loss_before: Array | None = None
+    local_loss: Array | None = None
+    budget: Array | None = None
 
 
 class SelectorState(NamedTuple):
