@@ -1,11 +1,12 @@
-"""What the study drivers share: a grid of runs tracked in one MLflow experiment,
-summaries over seeds, comparison figures and the markdown tables in
-``experiments/README.md``.
+"""What the study drivers share: a grid of runs (an ``fsjax sweep``), summaries
+over seeds, comparison figures and the markdown tables in ``experiments/README.md``.
 
 A study is a list of *arms* (named override lists, e.g. one per selection
-strategy) crossed with *variants* (e.g. availability models) and seeds. Each
-run is a normal fsjax run: its own run directory with the CSVs and figures, and
-one MLflow run (tagged with arm, variant and seed) in the study's experiment.
+strategy) crossed with *variants* (e.g. availability models) and seeds, run by
+:func:`fsjax.sweep.run_sweep` with the two as grid axes: each run is a normal
+fsjax run directory under ``OUT/runs`` and one MLflow run (tagged with arm,
+variant and seed) nested under the study's parent run; running a study again
+with the same ``--out`` finishes only what is missing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fsjax import config, metrics, plots, simulation, tracking
+from fsjax import metrics, plots, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "experiments" / "README.md"
@@ -28,44 +29,27 @@ README = REPO / "experiments" / "README.md"
 def run_grid(base: str | Path, arms: dict[str, Sequence[str]],
              variants: dict[str, Sequence[str]], seeds: Sequence[int], *, out: Path,
              experiment: str, tracking_uri: str | None, extra: Sequence[str] = (),
-             log=print) -> dict:
-    """Runs every (variant, arm, seed); returns ``results[variant][arm] = [run, ...]``.
+             workers: int = 1, log=print) -> dict:
+    """Runs every (variant, arm, seed) as an ``fsjax sweep``; returns ``results[variant][arm]``.
 
-    Each ``run`` is a dict with ``seed``, ``seconds``, ``metrics`` (per-round
-    lists) and ``final`` (last finite value of each metric).
+    The sweep (:func:`fsjax.sweep.run_sweep`) keeps each run's directory under
+    ``out/runs``, nests the runs under one MLflow parent run (tagged with
+    ``variant``, ``arm`` and ``seed``), skips runs a previous call finished and
+    writes ``summary.csv``/``summary.md`` (mean ± 95% CI). Each entry of
+    ``results[variant][arm]`` is a dict with ``seed``, ``seconds``, ``metrics``
+    (per-round lists) and ``final`` (last finite value of each metric).
     """
-    dataset = None
+    axes = [("variant", {k: list(v) for k, v in variants.items()}),
+            ("arm", {k: list(v) for k, v in arms.items()})]
+    sweep.run_sweep(base, axes, seeds, overrides=extra, out=out, workers=workers,
+                    tracking_uri=None if tracking_uri == "none" else tracking_uri,
+                    experiment=experiment, no_track=tracking_uri == "none", say=log)
     results: dict = {}
-    total = len(variants) * len(arms) * len(seeds)
-    done = 0
-    for vname, voverrides in variants.items():
-        for aname, aoverrides in arms.items():
-            for seed in seeds:
-                cfg = config.load(base, overrides=(*extra, *voverrides, *aoverrides,
-                                                   f"seed={seed}"))
-                if dataset is None:
-                    dataset, described = simulation.load_dataset(cfg)
-                    log(f"data: {described}")
-                run_dir = out / "runs" / f"{vname}-{aname}-s{seed}"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "config.yaml").write_text(config.dump(cfg))
-                callbacks = [tracking.CsvLogger(run_dir)]
-                if tracking_uri != "none":
-                    callbacks.append(tracking.MlflowTracker(
-                        tracking_uri, experiment, run_dir, figures=False,
-                        tags={"arm": aname, "variant": vname, "seed": str(seed)}))
-                t0 = time.perf_counter()
-                hist = simulation.run(cfg, callbacks, dataset=dataset)
-                seconds = time.perf_counter() - t0
-                done += 1
-                final = {k: _last_finite(v) for k, v in hist.metrics.items()}
-                results.setdefault(vname, {}).setdefault(aname, []).append(dict(
-                    seed=seed, seconds=seconds, final=final,
-                    metrics={k: [float(x) for x in v] for k, v in hist.metrics.items()}))
-                log(f"[{done}/{total}] {vname} {aname} seed={seed}: "
-                    f"accuracy_mean={final['accuracy_mean']:.4f} "
-                    f"accuracy_jain={final['accuracy_jain']:.4f} "
-                    f"participation_gini={final['participation_gini']:.4f} ({seconds:.0f} s)")
+    for child, hist, done in sweep.load_children(out)[1]:
+        point = child["point"]
+        results.setdefault(point["variant"], {}).setdefault(point["arm"], []).append(
+            dict(seed=child["seed"], seconds=done["seconds"], metrics=hist,
+                 final={k: _last_finite(v) for k, v in hist.items()}))
     (out / "results.json").write_text(json.dumps(results))
     return results
 
@@ -85,6 +69,7 @@ def parser(description: str, out_name: str) -> argparse.ArgumentParser:
                    help="write the table into experiments/README.md (default: full runs only)")
     p.add_argument("--from-results", default=None, metavar="JSON",
                    help="redo figures and tables from a results.json instead of running")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
     return p
 
 
@@ -102,7 +87,8 @@ def run_or_load(args: argparse.Namespace, experiment: str, out_name: str, base: 
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     t0 = time.perf_counter()
     results = run_grid(base, arms, variants, seeds, out=out, experiment=f"{experiment}{suffix}",
-                       tracking_uri=args.tracking_uri, extra=extra)
+                       tracking_uri=args.tracking_uri, extra=extra,
+                       workers=getattr(args, "workers", 1))
     return results, out, time.perf_counter() - t0
 
 

@@ -37,9 +37,33 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port in 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1..65535)") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: expected 1..65535")
+    return value
+
+
+def port_or_zero(text: str) -> int:
+    """An argparse type: 0 (a free port) or a TCP port in 1..65535."""
+    return 0 if text.strip() == "0" else port(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fsjax", description="JAX-accelerated simulation of fair "
                      "federated learning.")
+    from fsjax import __version__
+    parser.add_argument("--version", action="version", version=f"fsjax {__version__}")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
+                        help="log level of fsjax's messages (default info; warning with "
+                        "--quiet); debug also prints tracebacks of failures")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="run an experiment from a YAML config")
@@ -49,35 +73,49 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or "
                      "sqlite:///mlruns.db)")
     run.add_argument("--experiment", help="MLflow experiment name (default: config name)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint "
+                     "(only rounds may change, e.g. --set rounds=20; a finished run is left as is)")
     run.add_argument("--output-dir", help="parent of the run directory (default: "
                      "config output_dir)")
     run.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or INFO logs")
+    run.add_argument("--run-name", help="MLflow run name (default: the --set values, then "
+                     "the config name)")
 
     alloc = sub.add_parser("allocate", help="FairSynergy allocation for agents in a "
                            "JSON/YAML file")
-    alloc.add_argument("file")
+    alloc.add_argument("file", help="agents as JSON or YAML (budget, alpha, agents)")
     alloc.add_argument("--alpha", type=float, default=None,
                        help="alpha-fairness (default: the file's, else 0)")
     alloc.add_argument("--plot", metavar="PNG", help="also draw allocation and price bars")
 
-    cmp_ = sub.add_parser("compare", help="overlay the metric curves of several MLflow runs")
+    cmp_ = sub.add_parser("compare", help="overlay the metric curves of several runs "
+                          "(MLflow runs or run directories) and tabulate their final values")
     cmp_.add_argument("--experiment", help="all runs of this MLflow experiment")
-    cmp_.add_argument("--runs", nargs="*", default=[], metavar="RUN_ID")
+    cmp_.add_argument("--runs", nargs="*", default=[], metavar="RUN_ID",
+                      help="MLflow run ids")
+    cmp_.add_argument("--dirs", nargs="*", default=[], metavar="RUN_DIR",
+                      help="run directories (their metrics_log.csv; for --no-track runs)")
     cmp_.add_argument("--metrics", nargs="+", default=["accuracy_mean", "accuracy_jain",
-                                                       "participation_gini"])
-    cmp_.add_argument("--tracking-uri")
-    cmp_.add_argument("--out", default="compare.png", help="output PNG")
+                                                       "participation_gini"],
+                      metavar="METRIC", help="metrics to compare (default: accuracy_mean "
+                      "accuracy_jain participation_gini)")
+    cmp_.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or "
+                      "sqlite:///mlruns.db); never created by compare")
+    cmp_.add_argument("--out", default="compare.png", help="output PNG (default compare.png)")
+    cmp_.add_argument("--csv", metavar="PATH", help="also write the final values as CSV")
+    cmp_.add_argument("--md", metavar="PATH", help="also write the final values as a "
+                      "markdown table")
 
     serve = sub.add_parser("serve", help="run the Flask federated server")
-    serve.add_argument("config")
+    serve.add_argument("config", help="experiment YAML")
     serve.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--tracking-uri")
-    serve.add_argument("--experiment")
+                       metavar="KEY=VALUE", help="override a config key (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=port, default=8080, help="port, 1..65535 (default 8080)")
+    serve.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or "
+                       "sqlite:///mlruns.db)")
+    serve.add_argument("--experiment", help="MLflow experiment name (default: config name)")
     serve.add_argument("--run-dir", help="run directory (checkpoint, CSVs); resumes if it "
                        "holds a checkpoint")
     serve.add_argument("--output-dir", help="parent of a new run directory when --run-dir "
@@ -90,19 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--linger", type=float, default=5.0, metavar="SECONDS",
                        help="keep answering after the run so clients learn it is done "
                        "(default 5)")
-    serve.add_argument("--no-track", action="store_true")
-    serve.add_argument("--quiet", "-q", action="store_true")
+    serve.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    serve.add_argument("--quiet", "-q", action="store_true", help="no progress bar or INFO logs")
 
     client = sub.add_parser("client", help="run one federated client process")
-    client.add_argument("config")
+    client.add_argument("config", help="experiment YAML (the server's)")
     client.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE")
+                        metavar="KEY=VALUE", help="override a config key (repeatable)")
     client.add_argument("--client-id", type=int, help="this client's index "
                         "(default $FSJAX_CLIENT_ID)")
     client.add_argument("--server", help="server URL, e.g. http://127.0.0.1:8080 "
                         "(default $FSJAX_SERVER_URL)")
-    client.add_argument("--host", default="127.0.0.1")
-    client.add_argument("--port", type=int, default=0, help="0 = a free port")
+    client.add_argument("--host", default="127.0.0.1", help="address to bind "
+                        "(default 127.0.0.1)")
+    client.add_argument("--port", type=port_or_zero, default=0,
+                        help="port, 1..65535, or 0 for a free one (default 0)")
     client.add_argument("--url", help="URL the server reaches this client at (default "
                         "$FSJAX_CLIENT_URL, else http://HOST:PORT)")
     client.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
@@ -111,20 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit when the server has been unreachable this long (default 600)")
     client.add_argument("--train-delay", type=float, default=0.0, metavar="SECONDS",
                         help="sleep before each local training (simulates a slow device)")
-    client.add_argument("--quiet", "-q", action="store_true")
+    client.add_argument("--quiet", "-q", action="store_true", help="INFO logs off")
+
+    from fsjax import sweep  # noqa: PLC0415 - light: JAX loads only when a sweep trains
+    sweep.add_parser(sub)
 
     launch = sub.add_parser("launch", help="server + N client processes on loopback")
-    launch.add_argument("config")
-    launch.add_argument("--clients", type=int, required=True)
+    launch.add_argument("config", help="experiment YAML")
+    launch.add_argument("--clients", type=int, required=True, help="client processes to start")
     launch.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE")
-    launch.add_argument("--tracking-uri")
-    launch.add_argument("--experiment")
-    launch.add_argument("--output-dir")
+                        metavar="KEY=VALUE", help="override a config key (repeatable)")
+    launch.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI "
+                        "or sqlite:///mlruns.db)")
+    launch.add_argument("--experiment", help="MLflow experiment name (default: config name)")
+    launch.add_argument("--output-dir", help="parent of the run directory (default: config "
+                        "output_dir)")
     launch.add_argument("--round-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="how long a round waits for the selected clients (default 60)")
-    launch.add_argument("--no-track", action="store_true")
-    launch.add_argument("--quiet", "-q", action="store_true")
+    launch.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    launch.add_argument("--quiet", "-q", action="store_true", help="no progress bar or INFO logs")
 
     serve.add_argument("--insecure", action="store_true",
                        help="start without FSJAX_TOKEN: anyone who reaches the server may "
@@ -154,22 +199,32 @@ def run_experiment(args, extra_callbacks=()):
         raise UsageError(str(err)) from None
     return runs.run_in_dir(cfg, run_dir, resuming, tracking_uri=args.tracking_uri,
                            experiment=args.experiment, no_track=args.no_track,
-                           quiet=args.quiet, extra_callbacks=extra_callbacks)
+                           quiet=args.quiet, extra_callbacks=extra_callbacks,
+                           run_name=getattr(args, "run_name", None), overrides=args.overrides)
 
 
 # ----------------------------------------------------------------- dispatch
 
 
 def _compare(args) -> int:
-    extras.require("track", "fsjax compare")
-    from fsjax import plots, tracking
+    from fsjax import compare, plots
 
-    hists = tracking.fetch_histories(args.tracking_uri, args.runs, args.experiment, args.metrics)
+    hists = {}
+    if args.runs or args.experiment or not args.dirs:
+        hists.update(compare.from_mlflow(args.tracking_uri, args.runs, args.experiment,
+                                         args.metrics))
+    if args.dirs:
+        hists.update(compare.from_dirs(args.dirs, args.metrics))
+    compare.check_metrics(hists, args.metrics)
     path = plots.plot_overlay(hists, args.metrics, args.out)
-    for label, h in hists.items():
-        last = ", ".join(f"{m}={h[m][-1]:.4f}" for m in args.metrics if h.get(m))
-        print(f"{label}: {last}")
+    rows = compare.table_rows(hists, args.metrics)
+    for row in rows[1:]:
+        print(f"{row[0]}: " + ", ".join(f"{m}={v}" for m, v in zip(args.metrics, row[1:])))
     print(f"wrote {path}")
+    for option, write in ((args.csv, compare.write_csv), (args.md, compare.write_markdown)):
+        if option:
+            write(option, rows)
+            print(f"wrote {option}")
     return 0
 
 
@@ -182,9 +237,17 @@ def _dispatch(args) -> int:
         return report.main(args.file, alpha=args.alpha, plot=args.plot)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "sweep":
+        from fsjax import sweep
+        return sweep.main(args)
     extras.require("serve", f"fsjax {args.command}")
     from fsjax.serving import launch  # the networked commands (repository folder serving/)
     return launch.dispatch(args)
+
+
+def _one_line(err: BaseException) -> str:
+    """An error message on one line (a YAML error, say, spans several)."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,16 +260,24 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         quiet = getattr(args, "quiet", False)
-        logging.getLogger("fsjax").setLevel(logging.WARNING if quiet else logging.INFO)
+        level = (args.log_level or ("warning" if quiet else "info")).upper()
+        logging.getLogger("fsjax").setLevel(level)
         return _dispatch(args)
     except UsageError as err:
-        print(f"fsjax: error: {err}", file=sys.stderr)
+        print(f"fsjax: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("fsjax: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, extras.MissingExtra) as err:
-        print(f"fsjax: error: {err}", file=sys.stderr)
+        print(f"fsjax: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001 - any other failure: one line (debug: traceback)
+        if logging.getLogger("fsjax").isEnabledFor(logging.DEBUG):
+            logging.getLogger("fsjax").exception("fsjax failed")
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"fsjax: error: {type(err).__name__}: {first} (--log-level debug shows the "
+              "traceback)", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -15,8 +15,8 @@ Unknown keys, wrong types and bad values raise ``ValueError`` naming the key.
 Example:
   >>> cfg = load(None, overrides=("rounds=3", "engine.mode=loop", "selection.name=fair_select",
   ...                             "selection.lam=0.7"))
-  >>> cfg.rounds, cfg.engine.mode, cfg.selection.params
-  (3, 'loop', {'lam': 0.7})
+  >>> cfg.rounds, cfg.engine.mode, cfg.selection.params   # with fair_select's other defaults
+  (3, 'loop', {'lam': 0.7, 'mu': 1.0, 'coverage': True})
   >>> load(None, overrides=("local.lrr=0.1",))  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ import yaml
 class DataConfig:
     source: str = "synthetic"        # synthetic | cifar10 (tfds, then $FSJAX_CIFAR10_ZIP) | tfds | PATH
     fallback: str = "error"          # error | synthetic: what to do when CIFAR-10 is not found
+    download: str = "never"          # auto | never: let tfds download CIFAR-10 when online
     num_classes: int = 10            # synthetic only
     n_train: int = 2000              # synthetic only
     n_test: int = 500                # synthetic only
@@ -56,6 +58,7 @@ class PartitionConfig:
     alpha: float = 0.5               # dirichlet
     min_size: int = 10               # dirichlet
     labels_per_client: int = 2       # label_subsets
+    examples_per_client: int = 50    # sample: rows each client draws with replacement (test incl.)
     split_test: float = 0.2          # fraction of each client's data held out as its test split
     max_test_per_client: int = 0     # cap on a client's test rows (0 = no cap)
     seed: int | None = None          # None = the experiment seed
@@ -131,6 +134,8 @@ class EvalConfig:
     every: int = 1                   # evaluate clients every N rounds (metrics repeat in between)
     global_every: int = 0            # global test accuracy every N rounds (0 = last round only)
     chunk: int = 500                 # examples per forward pass
+    clients: int = 0                 # M > 0: evaluate M random clients + the selected ones per round
+    full_every: int = 0              # with clients > 0: evaluate every client every N rounds (0 = never)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +186,31 @@ def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Exper
             raise ValueError(f"config file {str(path)!r}: not valid YAML ({err})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
+        _resolve_trace_paths(raw, path.parent)
     for item in overrides:
         key, value = parse_override(item)
+        if key in _TRACE_PATH_KEYS:   # a --set path is relative to where it was typed
+            value = _absolute_trace_path(value, Path.cwd())
         _set_dotted(raw, key, value)
     return from_dict(raw)
+
+
+_TRACE_PATH_KEYS = ("availability.path", "availability.base_params.path")
+
+
+def _absolute_trace_path(value: Any, base: Path) -> Any:
+    """A relative trace path made absolute against ``base`` (``auto`` and non-strings kept)."""
+    if isinstance(value, str) and value != "auto" and not Path(value).is_absolute():
+        return str((base / value).resolve())
+    return value
+
+
+def _resolve_trace_paths(raw: dict, base: Path) -> None:
+    """Makes a relative trace ``path`` in a config file relative to that file's folder."""
+    section = raw.get("availability")
+    for node in (section, (section or {}).get("base_params") if isinstance(section, dict) else None):
+        if isinstance(node, dict) and "path" in node:
+            node["path"] = _absolute_trace_path(node["path"], base)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -214,9 +240,44 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
 
 def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Builds and validates a config from a nested mapping."""
-    cfg = _build(ExperimentConfig, raw, "")
+    cfg = _with_factory_defaults(_build(ExperimentConfig, raw, ""))
     validate(cfg)
     return cfg
+
+
+def _with_factory_defaults(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Fills each pluggable section's ``params`` with its factory's defaults.
+
+    So ``config.yaml`` and the MLflow params name every value a run used
+    (``fair_select``'s ``lam``, ``mu``, ``coverage``; ``markov``'s
+    ``p_return``). Only plain YAML values are filled, tuples as lists (they
+    load back equal); an unknown ``name`` is left to :func:`validate`.
+    """
+    from fsjax import aggregation, availability, models, selection
+
+    parts = {"model": (models.REGISTRY, ("parent", "name", "num_classes")),
+             "aggregation": (aggregation.REGISTRY, ("opt",)),
+             "selection": (selection.REGISTRY, ()),
+             "availability": (availability.REGISTRY, ("num_clients",)),
+             "failure": (availability.FAILURES, ("num_clients",))}
+    plain = (type(None), bool, int, float, str)
+    changes = {}
+    for section, (registry, skip) in parts.items():
+        part = getattr(cfg, section)
+        if part.name not in registry:
+            continue
+        params = {}
+        for p in inspect.signature(registry[part.name]).parameters.values():
+            value = part.params.get(p.name, _plain(p.default))
+            if p.name in part.params or (
+                    p.name not in skip and p.default is not p.empty
+                    and (isinstance(value, plain) or isinstance(value, list)
+                         and all(isinstance(v, plain) for v in value))):
+                params[p.name] = value
+        params.update(part.params)   # **kwargs factories keep every given key
+        if params != dict(part.params):
+            changes[section] = dataclasses.replace(part, params=params)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _build(cls, raw: Any, prefix: str):
@@ -302,6 +363,16 @@ def _check_factory_params(section: str, registry: Mapping, name: str, params: Ma
                              f"expected one of {sorted(allowed)}")
 
 
+def _check_factory_values(section: str, factory, params: Mapping, **fixed) -> None:
+    """Builds a part once so that its own ``ValueError`` names the config key."""
+    try:
+        factory(**fixed, **params)
+    except ValueError as err:
+        arg = re.match(r"(\w+)[= ]", str(err))
+        key = f"{section}.{arg.group(1)}" if arg and arg.group(1) in params else section
+        raise ValueError(f"config key {key!r}: {err}") from None
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Checks values and cross-field rules; raises ValueError naming the key."""
     from fsjax import aggregation, availability, models, partition, selection
@@ -309,6 +380,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(cfg.rounds >= 1, "rounds", cfg.rounds, "an integer >= 1")
     _check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every, ">= 0")
     d = cfg.data
+    _check(d.download in ("auto", "never"), "data.download", d.download, "'auto' or 'never'")
     _check(d.fallback in ("error", "synthetic"), "data.fallback", d.fallback,
            "'error' or 'synthetic'")
     _check(d.num_classes >= 2, "data.num_classes", d.num_classes, ">= 2")
@@ -322,6 +394,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(p.num_clients >= 1, "partition.num_clients", p.num_clients, ">= 1")
     _check(p.alpha > 0, "partition.alpha", p.alpha, "> 0")
     _check(p.labels_per_client >= 1, "partition.labels_per_client", p.labels_per_client, ">= 1")
+    _check(p.examples_per_client >= 2, "partition.examples_per_client", p.examples_per_client,
+           ">= 2")
     _check(0 < p.split_test < 1, "partition.split_test", p.split_test, "a fraction in (0, 1)")
     _check(p.max_test_per_client >= 0, "partition.max_test_per_client",
            p.max_test_per_client, ">= 0")
@@ -356,6 +430,13 @@ def validate(cfg: ExperimentConfig) -> None:
                           cfg.availability.params, skip=("num_clients",))
     _check_factory_params("failure", availability.FAILURES, cfg.failure.name,
                           cfg.failure.params, skip=("num_clients",))
+    # The parts' own range checks, at load time and naming the key (availability.p_drop).
+    if cfg.availability.name not in ("traces", "correlated"):   # these read trace files
+        _check_factory_values("availability", availability.REGISTRY[cfg.availability.name],
+                              cfg.availability.params, num_clients=p.num_clients)
+    _check_factory_values("failure", availability.FAILURES[cfg.failure.name],
+                          cfg.failure.params, num_clients=p.num_clients)
+    _check_factory_values("selection", selection.REGISTRY[s.name], s.params)
     al = cfg.allocation
     _check(al.name in ("none", "fairsynergy", "uniform", "random", "equalizing"),
            "allocation.name", al.name, "none, fairsynergy, uniform, random or equalizing")
@@ -377,6 +458,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(ev.every >= 1, "eval.every", ev.every, ">= 1")
     _check(ev.global_every >= 0, "eval.global_every", ev.global_every, ">= 0")
     _check(ev.chunk >= 1, "eval.chunk", ev.chunk, ">= 1")
+    _check(ev.clients >= 0, "eval.clients", ev.clients, ">= 0 (0 = every client)")
+    _check(ev.full_every >= 0, "eval.full_every", ev.full_every, ">= 0")
 
 
 # ------------------------------------------------------------------ utilities

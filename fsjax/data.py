@@ -6,11 +6,17 @@ host memory (numpy); the simulation moves what it needs onto the device.
 Sources for CIFAR-10, in the order ``source="auto"`` tries them:
 
 1. ``tfds``: ``tfds.builder("cifar10")`` when it is already prepared in the
-   tfds data dir (``TFDS_DATA_DIR``). Nothing is downloaded unless
-   ``download=True`` is passed.
+   tfds data dir (``TFDS_DATA_DIR``).
 2. ``FSJAX_CIFAR10_ZIP``: a zip (or extracted folder) laid out as
    ``cifar10/{train,test}/<class-name>/<n>.jpg``, like the shipped
    ``../shared/data/cifar10-jpeg.zip``.
+3. ``../shared/data/cifar10-jpeg.zip`` beside the clone (or the current
+   directory; ``$FSJAX_SHARED`` names another shared folder).
+4. with ``download="auto"`` (or True) and the machine online: a tfds download
+   (about 160 MB, with tfds' progress bar), prepared in the tfds data dir.
+
+When none works the error is one line saying how to get the data; the
+simulation then falls back to generated data when ``data.fallback=synthetic``.
 
 A folder or zip is decoded once and cached as ``.npz`` in ``cache_dir``
 (default ``$FSJAX_CACHE`` or ``~/.cache/fsjax``); a cache that fails to load or
@@ -78,17 +84,54 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FSJAX_CACHE") or Path.home() / ".cache" / "fsjax")
 
 
+SHARED_ZIP = "cifar10-jpeg.zip"
+HOW_TO_GET = ("prepare it with tensorflow-datasets (data.download=auto when online), set "
+              "FSJAX_CIFAR10_ZIP to a zip/folder laid out as cifar10/{train,test}/<class>/<n>.jpg, "
+              "or put cifar10-jpeg.zip in ../shared/data beside the clone")
+
+
+def shared_zip_candidates() -> tuple[Path, ...]:
+    """``../shared/data/cifar10-jpeg.zip`` beside the fsjax source tree and the current directory.
+
+    ``$FSJAX_SHARED`` (the shared folder or its ``data``), when set, replaces both.
+    """
+    env = os.environ.get("FSJAX_SHARED")
+    if env:
+        return (Path(env) / SHARED_ZIP, Path(env) / "data" / SHARED_ZIP)
+    repo = Path(__file__).resolve().parents[1]
+    paths = [repo.parent / "shared" / "data" / SHARED_ZIP,
+             Path.cwd().parent / "shared" / "data" / SHARED_ZIP]
+    return tuple(dict.fromkeys(p.resolve() for p in paths))
+
+
+def _online(host: str = "www.cs.toronto.edu", port: int = 443, timeout: float = 3.0) -> bool:
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _download_wanted(download) -> bool:
+    if download not in ("auto", "never", True, False):
+        raise ValueError(f"load_cifar10(download={download!r}): expected 'auto', 'never', "
+                         "True or False")
+    return download in ("auto", True)
+
+
 def load_cifar10(source: str | os.PathLike = "auto", cache_dir: str | os.PathLike | None = None,
-                 *, download: bool = False, progress: bool = True) -> Dataset:
+                 *, download: bool | str = False, progress: bool = True) -> Dataset:
     """Loads CIFAR-10 as uint8 arrays.
 
     Args:
-      source: ``"auto"`` (tfds cache, then ``$FSJAX_CIFAR10_ZIP``), ``"tfds"``,
+      source: ``"auto"`` (the order in the module doc), ``"tfds"``,
         or a path to a zip or folder laid out as
         ``cifar10/{train,test}/<class>/<n>.jpg``.
       cache_dir: where the decoded ``.npz`` cache lives (default
         :func:`default_cache_dir`).
-      download: let tfds download and prepare CIFAR-10 (``source="tfds"`` only).
+      download: let tfds download and prepare CIFAR-10 (``True``/``"auto"``;
+        ``"auto"`` only when online; ``False``/``"never"``: never).
       progress: show a progress bar while decoding.
 
     Returns:
@@ -104,20 +147,35 @@ def load_cifar10(source: str | os.PathLike = "auto", cache_dir: str | os.PathLik
       >>> ds.x_train.shape                                      # doctest: +SKIP
       (50000, 32, 32, 3)
     """
+    wanted = _download_wanted(download)
     if isinstance(source, str) and source == "tfds":
-        return _load_tfds(download=download)
+        return _load_tfds(download=wanted)
     if isinstance(source, str) and source == "auto":
         if _tfds_prepared():
             return _load_tfds(download=False)
         env = os.environ.get("FSJAX_CIFAR10_ZIP")
         if env:
             return _load_archive(Path(env), cache_dir, progress)
-        raise ValueError(
-            "load_cifar10(source='auto'): no CIFAR-10 found. Either prepare it with "
-            "tensorflow-datasets (tfds.builder('cifar10').download_and_prepare(), or "
-            "load_cifar10('tfds', download=True)), or set FSJAX_CIFAR10_ZIP to a zip/folder "
-            "laid out as cifar10/{train,test}/<class>/<n>.jpg (the project ships one at "
-            "../shared/data/cifar10-jpeg.zip), or pass that path as source.")
+        for candidate in shared_zip_candidates():
+            if candidate.is_file():
+                return _load_archive(candidate, cache_dir, progress)
+        why = "downloads are off (data.download=never)"
+        if wanted:
+            import importlib.util
+            if importlib.util.find_spec("tensorflow_datasets") is None:
+                why = "tensorflow-datasets is not installed (pip install 'fsjax[tfds]')"
+            elif not _online():
+                why = "the machine is offline"
+            else:
+                log.info("CIFAR-10: downloading with tensorflow-datasets")
+                try:
+                    return _load_tfds(download=True)
+                except Exception as err:  # noqa: BLE001 - tfds fails in many ways offline
+                    why = f"the tfds download failed ({type(err).__name__}: " \
+                          f"{(str(err).splitlines() or [''])[0][:200]})"
+        raise ValueError(f"no CIFAR-10 found (no tfds cache, FSJAX_CIFAR10_ZIP unset, no "
+                         f"../shared/data/{SHARED_ZIP}; not downloaded: {why}); to get it: "
+                         f"{HOW_TO_GET}")
     path = Path(source)
     if not path.exists():
         raise ValueError(

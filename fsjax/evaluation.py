@@ -4,6 +4,13 @@ All clients' test splits are flattened into one stream of examples, run
 through the model in fixed-size chunks (``lax.map``, so memory stays bounded
 and shapes stay fixed), and reduced back per client and per class.
 
+With ``eval.clients: M`` the round evaluates only ``M`` clients drawn at
+random plus its selected clients (:func:`sample_clients`) and keeps every
+other client's last values (:func:`merge`): per-client accuracy and loss are
+then partly stale, and the fairness metrics computed from them, the mean
+accuracy and the per-class loss (over the evaluated clients' rows only) are
+*estimates*. ``eval.full_every`` evaluates every client periodically.
+
 Example:
   >>> evaluate = make_evaluator(model.apply, num_classes=10)  # doctest: +SKIP
   >>> ev = evaluate(params, x_test, y_test, n_test)           # doctest: +SKIP
@@ -69,3 +76,39 @@ def make_evaluator(apply_fn: Callable, num_classes: int, chunk: int = 500) -> Ca
         return Evaluation(acc, loss, class_loss, class_count)
 
     return evaluate
+
+
+def sample_clients(key: jax.Array, num_clients: int, m: int, selected: jax.Array) -> jax.Array:
+    """i32[K + m]: the round's selected clients, then ``m`` drawn uniformly with replacement.
+
+    O(K + m) whatever the population; a client may appear twice (evaluated twice,
+    the same values).
+
+    Example:
+      >>> ids = sample_clients(jax.random.key(0), 10**6, 4, jnp.array([7, 3]))
+      >>> ids.shape, ids[:2].tolist()
+      ((6,), [7, 3])
+    """
+    drawn = jax.random.randint(key, (m,), 0, num_clients, jnp.int32)
+    return jnp.concatenate([jnp.asarray(selected, jnp.int32), drawn])
+
+
+def merge(accuracy: jax.Array, loss: jax.Array, ids: jax.Array, ev: Evaluation) -> Evaluation:
+    """Writes an evaluation of clients ``ids`` into the last per-client values.
+
+    Args:
+      accuracy, loss: f32[C] last values of every client.
+      ids: i32[k] evaluated clients (``ev``'s rows).
+      ev: :class:`Evaluation` of those k clients.
+
+    Returns:
+      :class:`Evaluation` over all C clients (class loss and counts: ``ev``'s,
+      an estimate from the evaluated clients).
+
+    Example:
+      >>> ev = Evaluation(jnp.array([0.5, 1.0]), jnp.array([2.0, 1.0]), jnp.zeros(1), jnp.ones(1))
+      >>> merge(jnp.zeros(3), jnp.zeros(3), jnp.array([2, 0]), ev).accuracy.tolist()
+      [1.0, 0.0, 0.5]
+    """
+    return Evaluation(accuracy.at[ids].set(ev.accuracy), loss.at[ids].set(ev.loss),
+                      ev.class_loss, ev.class_count)

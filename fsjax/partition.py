@@ -1,10 +1,18 @@
 """Split a data set's training examples between clients.
 
 Each partitioner returns :class:`ClientShards`, one int array of training
-indices per client; :func:`to_padded` turns shards into the padded, fixed-shape
-layout the engine trains on (client axis first):
+indices per client. :func:`hold_out` splits each shard into the client's
+training and test index lists and :func:`pack` stores index lists flat with
+offsets (:class:`ClientIndex`, CSR-style: O(examples held), never padded); the
+engine gathers only the selected clients' rows into fixed-shape batches
+(:class:`fsjax.clients.FederatedData`). :func:`to_padded` builds the old
+padded layout ``x: [C, N_max, H, W, ch]`` (small populations, checks).
 
-    x: [C, N_max, H, W, ch]   y: [C, N_max]   n: [C]   (+ each client's test split)
+``sample`` is different: it stores nothing per client. Client ``c`` draws its
+examples with replacement from the data set with the key
+``fold_in(PRNGKey(seed), c)`` (:func:`sample_rows`), so a population of 10^6
+clients needs O(C) integers and a client's rows are generated when it is
+selected.
 
 Example:
   >>> from fsjax import data, partition
@@ -19,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -171,7 +181,109 @@ def label_subsets(labels: np.ndarray, num_clients: int, labels_per_client: int,
     return ClientShards([np.sort(np.concatenate(p)) for p in parts])
 
 
-REGISTRY = {"iid": iid, "dirichlet": dirichlet, "label_subsets": label_subsets}
+@dataclasses.dataclass(frozen=True)
+class SampledClients:
+    """A ``sample`` population: nothing stored per client (rows come from :func:`sample_rows`).
+
+    Attributes:
+      num_clients: C.
+      examples_per_client: E, rows each client draws (its test rows included).
+      seed: the population seed; client c uses ``fold_in(PRNGKey(seed), c)``.
+      num_examples: N, size of the data set drawn from.
+    """
+
+    num_clients: int
+    examples_per_client: int
+    seed: int
+    num_examples: int
+
+
+def sample(labels: np.ndarray, num_clients: int, examples_per_client: int = 50,
+           seed: int = 0) -> SampledClients:
+    """A population of ``num_clients`` clients drawing examples with replacement.
+
+    Each client draws ``examples_per_client`` training-set indices uniformly
+    with replacement from its own key (deterministic per seed and per client,
+    independent of C); see :func:`sample_rows`.
+
+    Example:
+      >>> pop = sample(np.zeros(100, int), 10**6, examples_per_client=50, seed=0)
+      >>> rows = sample_rows(pop, jnp.arange(3))
+      >>> rows.shape, bool((rows == sample_rows(pop, jnp.arange(3))).all())
+      ((3, 50), True)
+    """
+    labels = np.asarray(labels)
+    if int(num_clients) < 1:
+        raise ValueError(f"num_clients={num_clients}: expected at least 1")
+    if int(examples_per_client) < 2:
+        raise ValueError(f"examples_per_client={examples_per_client}: expected at least 2 "
+                         "(a client needs a training and a test example)")
+    if len(labels) < 1:
+        raise ValueError("sample: the data set has no training example")
+    return SampledClients(int(num_clients), int(examples_per_client), int(seed), len(labels))
+
+
+def sample_rows(pop: SampledClients, clients: jax.Array) -> jax.Array:
+    """i32[k, E]: training-set rows of ``clients`` (i32[k]) in a ``sample`` population.
+
+    Pure and jittable: generated from ``fold_in(PRNGKey(pop.seed), client)``.
+    """
+    key = jax.random.PRNGKey(pop.seed)
+    one = lambda c: jax.random.randint(jax.random.fold_in(key, c), (pop.examples_per_client,),
+                                       0, pop.num_examples, jnp.int32)
+    return jax.vmap(one)(jnp.asarray(clients, jnp.int32))
+
+
+REGISTRY = {"iid": iid, "dirichlet": dirichlet, "label_subsets": label_subsets,
+            "sample": sample}
+
+
+class ClientIndex(NamedTuple):
+    """Index lists of C clients stored flat (CSR): client c holds
+    ``index[offsets[c] : offsets[c] + sizes[c]]``."""
+
+    index: np.ndarray    # i32[T]  training-set indices, all clients concatenated
+    offsets: np.ndarray  # i32[C]  start of each client's list in ``index``
+    sizes: np.ndarray    # i32[C]  length of each client's list
+
+
+def pack(index_lists) -> ClientIndex:
+    """Stores index lists flat with offsets (O(total length), no padding).
+
+    Example:
+      >>> ci = pack([np.array([4, 7]), np.array([1]), np.array([0, 2, 3])])
+      >>> ci.index.tolist(), ci.offsets.tolist(), ci.sizes.tolist()
+      ([4, 7, 1, 0, 2, 3], [0, 2, 3], [2, 1, 3])
+    """
+    sizes = np.array([len(i) for i in index_lists], np.int64)
+    if sizes.sum() >= 2**31:
+        raise ValueError(f"pack: {sizes.sum()} indices do not fit int32 offsets")
+    index = (np.concatenate([np.asarray(i, np.int64) for i in index_lists])
+             if len(index_lists) else np.zeros(0, np.int64)).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+    return ClientIndex(index, offsets, sizes.astype(np.int32))
+
+
+def truncate(ci: ClientIndex, cap: int) -> ClientIndex:
+    """Keeps the first ``cap`` indices of every client (``cap`` 0 = all)."""
+    if not cap:
+        return ci
+    return ClientIndex(ci.index, ci.offsets, np.minimum(ci.sizes, cap).astype(np.int32))
+
+
+def padded_rows(ci_index, offsets, sizes, clients, width: int):
+    """(i32[k, width] rows, bool[k, width] valid) of ``clients``; jittable.
+
+    Row ``j`` of a client is its ``j``-th index for ``j < size``; padding
+    positions repeat a valid index (or 0) and are marked invalid.
+    """
+    j = jnp.arange(width)[None, :]
+    n = sizes[clients][:, None]
+    valid = j < n
+    if ci_index.shape[0] == 0:
+        return jnp.zeros((clients.shape[0], width), jnp.int32), valid
+    pos = offsets[clients][:, None] + jnp.clip(jnp.minimum(j, n - 1), 0)
+    return ci_index[jnp.clip(pos, 0, ci_index.shape[0] - 1)], valid
 
 
 def label_histogram(shards: ClientShards, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -196,20 +308,40 @@ def to_padded(dataset, shards: ClientShards, split_test: float = 0.2, seed: int 
     Returns:
       :class:`ClientData`; padding rows are zeros with label 0 and index -1.
     """
+    train_idx, test_idx = hold_out(shards, split_test, seed)
+    x, y, n, idx = _pad(dataset.x_train, dataset.y_train, train_idx)
+    x_t, y_t, n_t, idx_t = _pad(dataset.x_train, dataset.y_train, test_idx)
+    return ClientData(x, y, n, x_t, y_t, n_t, idx, idx_t)
+
+
+def held_out_count(size: int, split_test: float) -> int:
+    """Test rows a client of ``size`` examples holds out (at least one when
+    ``split_test > 0`` and it has two or more, never all)."""
+    m = int(round(split_test * size))
+    if split_test > 0 and size >= 2:
+        m = min(max(m, 1), size - 1)
+    return m
+
+
+def hold_out(shards: ClientShards, split_test: float = 0.2, seed: int = 0):
+    """Each client's (training, test) index lists, sorted.
+
+    Each client keeps ``held_out_count(n_c, split_test)`` of its own shuffled
+    examples as its test split (one generator seeded ``seed``, clients in order).
+
+    Returns:
+      ``(train_lists, test_lists)``, one int array per client each.
+    """
     if not 0.0 <= split_test < 1.0:
         raise ValueError(f"split_test={split_test}: expected a fraction in [0, 1)")
     rng = np.random.default_rng(seed)
     train_idx, test_idx = [], []
     for idx in shards.indices:
         idx = rng.permutation(idx)
-        m = int(round(split_test * len(idx)))
-        if split_test > 0 and len(idx) >= 2:
-            m = min(max(m, 1), len(idx) - 1)
+        m = held_out_count(len(idx), split_test)
         test_idx.append(np.sort(idx[:m]))
         train_idx.append(np.sort(idx[m:]))
-    x, y, n, idx = _pad(dataset.x_train, dataset.y_train, train_idx)
-    x_t, y_t, n_t, idx_t = _pad(dataset.x_train, dataset.y_train, test_idx)
-    return ClientData(x, y, n, x_t, y_t, n_t, idx, idx_t)
+    return train_idx, test_idx
 
 
 def _pad(x_all, y_all, index_lists):

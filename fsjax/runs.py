@@ -11,7 +11,9 @@ and the same MLflow run:
 - :func:`run_in_dir` writes the config, builds the simulation, restores the
   checkpoint when resuming and runs it with the progress bar, CSV,
   checkpoint and MLflow callbacks;
-- :func:`print_summary` prints the final metrics.
+- :func:`print_summary` prints the final metrics and the MLflow runs-table link;
+- :func:`default_run_name` and :func:`run_identity_tags` say what a run is
+  (its ``--set`` values first; the command line and overrides as tags).
 
 Bad input raises :class:`UsageError` (the CLI exits with code 2) or
 ``ValueError`` (exit code 1). Nothing here parses command lines.
@@ -28,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -96,12 +97,12 @@ def resolve_run_config(config_path: str | Path | None = None, overrides: Sequenc
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise UsageError(f"--resume {resume}: no config.yaml there (not a run dir)")
-        cfg = config_lib.load(saved, overrides)
-        if config_path:
-            given = config_lib.load(config_path, overrides)
-            if dataclasses.replace(given, rounds=cfg.rounds) != cfg:
-                raise UsageError(f"--resume {resume}: {config_path} differs from the "
-                                 "run's config.yaml (only rounds may change)")
+        from fsjax.resume import changed_keys
+        cfg = config_lib.load(config_path or saved, overrides)
+        changed = changed_keys(config_lib.load(saved), cfg)
+        if changed:   # a resumed run must stay the run it was (fsjax.resume)
+            raise UsageError(f"--resume {resume}: only rounds may change when resuming; "
+                             f"changed: {'; '.join(changed)}")
         return cfg, run_dir, True
     if not config_path:
         raise UsageError("fsjax run: a CONFIG file is required (or --resume RUN_DIR)")
@@ -113,7 +114,9 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
                *, tracking_uri: str | None = None, experiment: str | None = None,
                no_track: bool = False, quiet: bool = False,
                make_sim: Callable[[config_lib.ExperimentConfig], Any] | None = None,
-               extra_callbacks: Sequence[Any] = ()):
+               extra_callbacks: Sequence[Any] = (), run_name: str | None = None,
+               overrides: Sequence[str] = (), tags: dict[str, str] | None = None,
+               description: str | None = None):
     """Runs ``cfg`` in ``run_dir`` with the progress bar, CSV, checkpoint and MLflow callbacks.
 
     Args:
@@ -130,10 +133,17 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
         :class:`fsjax.simulation.Simulation`; the networked server passes one
         with its remote backend).
       extra_callbacks: more run callbacks, called after the standard ones.
+      run_name: the MLflow run name (default :func:`default_run_name`).
+      overrides: the ``--set`` overrides the config was loaded with (in the
+        default run name and the ``fsjax.overrides`` tag).
+      tags: more MLflow run tags (a sweep passes ``mlflow.parentRunId``).
+      description: the MLflow experiment's description when it has none.
 
     Returns:
       The run's :class:`fsjax.simulation.History` (``test_accuracy`` includes
-      the rounds done before a resume).
+      the rounds done before a resume); None when resuming a run that is
+      already complete (it says so and changes nothing). A new run that fails
+      before its first round leaves no run directory.
     """
     # Imported here: the simulation pulls in JAX, which `fsjax --help` should not wait for.
     from fsjax import callbacks, checkpoint, extras, simulation, tracking
@@ -142,9 +152,26 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
     if not no_track:
         extras.require("track", "MLflow tracking (off with --no-track)")
         tracking.check_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
-    if not resuming:
+    resume_tags = {}
+    if resuming:   # fsjax.resume: a finished run stays as it is; a new `rounds` is recorded
+        from fsjax import resume as resume_lib
+        done = resume_lib.checkpoint_round(run_dir / CHECKPOINT)
+        if done is not None and done >= cfg.rounds:
+            print(f"{run_dir}: the run is complete ({done} of {cfg.rounds} rounds); "
+                  "nothing to do (resume with --set rounds=N to run more)", flush=True)
+            return None
+        saved_rounds = config_lib.load(run_dir / "config.yaml").rounds
+        if saved_rounds != cfg.rounds:
+            resume_lib.record_rounds(run_dir, saved_rounds, cfg)
+        if (counts := resume_lib.rounds_history(run_dir)):
+            resume_tags["rounds_history"] = ",".join(str(n) for n in counts)
+    else:
         files.atomic_write(run_dir / "config.yaml", config_lib.dump(cfg))
-    sim = (make_sim or simulation.Simulation)(cfg)
+    try:
+        sim = (make_sim or simulation.Simulation)(cfg)
+    except BaseException:
+        _drop_if_no_round(run_dir, resuming)
+        raise
     if not quiet:
         print(sim.describe(), flush=True)
     state, history, test_acc = None, {}, {}
@@ -152,31 +179,99 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
         import jax
         state, history, test_acc = checkpoint.load(run_dir / CHECKPOINT, jax.eval_shape(sim.init))
         log.info("resuming %s after round %d", run_dir, int(state.round))
+    from fsjax.outputs import RunOutputs
     cbs = [callbacks.ProgressBar(disable=quiet),
            tracking.CsvLogger(run_dir, history),
            checkpoint.Checkpointer(run_dir / CHECKPOINT, cfg.checkpoint_every, history,
-                                   test_acc)]
+                                   test_acc),
+           RunOutputs(run_dir, history)]   # figures, clients.csv; before the tracker uploads
     tracker = None
     if not no_track:
         info = tracking.load_run_info(run_dir) if resuming else {}
-        tracker = tracking.MlflowTracker(tracking_uri or info.get("tracking_uri"), experiment,
-                                         run_dir, run_id=info.get("run_id"))
+        tracker = tracking.MlflowTracker(
+            tracking_uri or info.get("tracking_uri"), experiment, run_dir,
+            run_id=info.get("run_id"), run_name=run_name or default_run_name(cfg, overrides),
+            tags={**run_identity_tags(overrides), **(tags or {}), **resume_tags},
+            description=description)
         cbs.append(tracker)
     cbs += list(extra_callbacks)
-    hist = simulation.run(cfg, cbs, state=state, history=history, sim=sim)
+    try:
+        hist = simulation.run(cfg, cbs, state=state, history=history, sim=sim)
+    except BaseException:
+        _drop_if_no_round(run_dir, resuming)
+        raise
     hist.test_accuracy = {**test_acc, **hist.test_accuracy}
     if not quiet:
-        print_summary(hist, run_dir, tracker.uri if tracker else None)
+        print_summary(hist, run_dir, tracker.uri if tracker else None,
+                      experiment_id=tracker.experiment_id if tracker else None)
     return hist
 
 
-def print_summary(hist, run_dir: str | Path, tracking_uri: str | None) -> None:
+def _drop_if_no_round(run_dir: Path, resuming: bool) -> None:
+    """A new run that failed before its first round leaves no directory behind.
+
+    (Its MLflow run, when one was started, stays FAILED or KILLED with its error tag.)
+    """
+    from fsjax.tracking import METRICS_LOG
+
+    # Only what the run itself wrote: never a directory holding anything else.
+    ours = {"config.yaml", "run.json"}
+    if (not resuming and run_dir.is_dir() and not (run_dir / METRICS_LOG).exists()
+            and {p.name for p in run_dir.iterdir()} <= ours):
+        for name in ours:
+            (run_dir / name).unlink(missing_ok=True)
+        run_dir.rmdir()
+        log.info("removed %s: the run failed before its first round", run_dir)
+
+
+def short_override(item: str) -> str:
+    """``selection.name=cup`` -> ``selection=cup``, ``local.lr=0.05`` -> ``lr=0.05``.
+
+    Example:
+      >>> [short_override(o) for o in ("selection.name=cup", "local.lr=0.05", "rounds=3")]
+      ['selection=cup', 'lr=0.05', 'rounds=3']
+    """
+    key, sep, value = item.partition("=")
+    parts = key.strip().split(".")
+    key = parts[-2] if len(parts) > 1 and parts[-1] == "name" else parts[-1]
+    return f"{key}{sep}{value.strip()}"
+
+
+def default_run_name(cfg: config_lib.ExperimentConfig, overrides: Sequence[str] = ()) -> str:
+    """The differing values first: ``selection=fair_select lr=0.05 | quick``, else ``quick HH:MM:SS``.
+
+    Example:
+      >>> cfg = config_lib.load("experiments/quick.yaml")
+      >>> default_run_name(cfg, ["selection.name=fair_select", "local.lr=0.05"])
+      'selection=fair_select lr=0.05 | quick'
+    """
+    if overrides:
+        return " ".join(short_override(o) for o in overrides) + f" | {cfg.name}"
+    return f"{cfg.name} {time.strftime('%m-%d %H:%M:%S')}"
+
+
+def run_identity_tags(overrides: Sequence[str] = (), argv: Sequence[str] | None = None
+                      ) -> dict[str, str]:
+    """The ``fsjax.command`` (the command line) and ``fsjax.overrides`` run tags."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name in ("fsjax", "__main__.py", "cli.py"):
+        argv[0] = "fsjax"
+    return {"fsjax.command": shlex.join(argv)[:5000],
+            "fsjax.overrides": " ".join(overrides)[:5000]}
+
+
+def print_summary(hist, run_dir: str | Path, tracking_uri: str | None,
+                  experiment_id: str | None = None) -> None:
     """Prints each metric's last finite value, the run directory and how to open MLflow.
 
     Args:
       hist: a :class:`fsjax.simulation.History`.
       run_dir: the run directory.
       tracking_uri: the MLflow store, or None when the run was not tracked.
+      experiment_id: the MLflow experiment, for the direct link to its runs table.
     """
     from fsjax.tracking import ordered_columns
 
@@ -189,4 +284,5 @@ def print_summary(hist, run_dir: str | Path, tracking_uri: str | None) -> None:
         print(f"  {n:<{width}}  {values[-1] if values else float('nan'):.4f}")
     print(f"\nrun directory: {run_dir}")
     if tracking_uri:
-        print(f"open the MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}")
+        from fsjax.tracking import ui_hint
+        print(ui_hint(experiment_id, tracking_uri))

@@ -5,7 +5,8 @@ One round, as data (DESIGN.md section 2)::
 
     RoundState -> availability.step -> selection.select -> RoundPlan (K slots)
       -> backend.train (gathered shards) -> failure rule / NaN check
-      -> aggregation.apply -> evaluation (all clients) -> selection.update
+      -> aggregation.apply -> evaluation (all clients, or eval.clients of them)
+      -> selection.update
       -> metrics.round_metrics
 
 This is the only round in fsjax: benchmarks time it and the networked server
@@ -244,7 +245,7 @@ class Simulation:
         keys = jax.random.split(k_train, self.num_clients)[slots]
         plan = RoundPlan(available, slots, valid, steps, keys, k_fail,
                          self.failure.draw(state.fail_state, k_fail, slots))
-        shards = local.Shard(fd.x[slots], fd.y[slots], fd.n[slots])
+        shards = local.Shard(*fd.gather(slots))   # only the K selected clients' rows
         return state._replace(avail_state=avail_state), plan, shards
 
     def _verdict(self, valid, num_examples, fail_draw, loss, finite):
@@ -312,7 +313,7 @@ class Simulation:
         rnd = state.round + 1
         due = (rnd % self.config.eval.every == 0) | (state.round == 0)
         ev = jax.lax.cond(
-            due, lambda: self.evaluate(params, fd.x_test, fd.y_test, fd.n_test),
+            due, lambda: self._evaluate_clients(state, plan, params, fd),
             lambda: evaluation.Evaluation(state.accuracy, state.loss, state.class_loss,
                                           jnp.zeros_like(state.class_loss)))
         selected = selection.slot_mask(slots, valid, C)
@@ -346,6 +347,23 @@ class Simulation:
             ever_available=ever_available, accuracy=ev.accuracy, loss=ev.loss,
             class_loss=ev.class_loss, round=rnd)
         return new_state, metrics
+
+    def _evaluate_clients(self, state: RoundState, plan: RoundPlan, params,
+                          fd: FederatedData) -> evaluation.Evaluation:
+        """Every client (default), or ``eval.clients`` random ones plus the selected
+        ones, with every client at ``eval.full_every`` (an estimate in between)."""
+        C, e = self.num_clients, self.config.eval
+        full = lambda: self.evaluate(params, *fd.gather(jnp.arange(C), test=True))
+        if not e.clients or e.clients >= C:
+            return full()
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0xE7A1)
+        ids = evaluation.sample_clients(key, C, e.clients, plan.slots)
+        sampled = lambda: evaluation.merge(
+            state.accuracy, state.loss, ids,
+            self.evaluate(params, *fd.gather(ids, test=True)))
+        if not e.full_every:
+            return sampled()
+        return jax.lax.cond((state.round + 1) % e.full_every == 0, full, sampled)
 
     def _round(self, state: RoundState, fd: FederatedData):
         """One whole round for an in-jit backend (traced once, inside ``jax.jit``)."""

@@ -13,6 +13,14 @@ Two simulation callbacks:
   Ctrl-C). MLflow is optional (the ``track`` extra) and imported only here,
   lazily, so the CSV logger works without it.
 
+In MLflow, metrics carry a prefix so the UI groups them (:func:`mlflow_key`):
+``accuracy/accuracy_mean``, ``accuracy/test_accuracy``, ``fairness/<metric>``
+for the other nine fairness metrics; the CSV files keep the plain names.
+:func:`runs_table_url` is the direct link to an experiment's runs table.
+The sweep's parent runs and its temporary MLflow server (one writer for a
+SQLite store while several workers log) are here too: :func:`start_parent_run`,
+:func:`finish_parent_run`, :func:`serve_store`.
+
 Both are :class:`fsjax.callbacks.Callback` objects; files are written with
 :func:`fsjax.files.atomic_write`, so a reader never sees half a CSV.
 
@@ -132,6 +140,75 @@ def run_tags(extra: Mapping[str, str]) -> dict[str, str]:
     return tags
 
 
+ACCURACY_METRICS = ("accuracy_mean", "test_accuracy")
+
+
+def mlflow_key(name: str) -> str:
+    """The MLflow metric name of a history column: ``accuracy/`` or ``fairness/`` prefixed.
+
+    Example:
+      >>> mlflow_key("accuracy_mean"), mlflow_key("participation_gini"), mlflow_key("train_loss")
+      ('accuracy/accuracy_mean', 'fairness/participation_gini', 'train_loss')
+      >>> mlflow_key("fairness/label_kl")
+      'fairness/label_kl'
+    """
+    if name in ACCURACY_METRICS:
+        return f"accuracy/{name}"
+    if name in METRIC_NAMES:
+        return f"fairness/{name}"
+    return name
+
+
+def runs_table_url(experiment_id: str, tracking_uri: str | None = None) -> str:
+    """The MLflow UI link that opens an experiment's runs table (not the GenAI overview).
+
+    For a database or file store this is the address ``mlflow ui`` serves by
+    default; for an MLflow server it is the server's own address.
+
+    Example:
+      >>> runs_table_url("3")
+      'http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning'
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_hint(experiment_id: str | None, tracking_uri: str | None) -> str:
+    """Two lines: the command that serves the store and the runs-table link."""
+    uri = resolve_tracking_uri(tracking_uri)
+    lines = []
+    if not uri.startswith(("http://", "https://")):
+        lines.append(f"open the MLflow UI:  mlflow ui --backend-store-uri {uri}")
+    if experiment_id is not None:
+        lines.append(f"runs table:          {runs_table_url(experiment_id, uri)}")
+    return "\n".join(lines)
+
+
+def experiment_id(client, name: str, uri: str, description: str | None = None) -> str:
+    """The id of experiment ``name`` (created when missing), with a description.
+
+    The description goes to the ``mlflow.note.content`` tag the UI shows on
+    the experiment page; one the user wrote is kept.
+    """
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        name, artifact_location=artifact_location(uri, name))
+    if description and not (exp and exp.tags.get("mlflow.note.content")):
+        client.set_experiment_tag(exp_id, "mlflow.note.content", description)
+    return exp_id
+
+
+def default_description(name: str) -> str:
+    """What an fsjax experiment holds, for the MLflow experiment page."""
+    return (f"fsjax runs of the experiment `{name}` (simulated federated learning). "
+            "Params: the full resolved config, factory defaults included. Metrics per "
+            "round (step = round): `accuracy/*` (mean client accuracy, global test "
+            "accuracy), `fairness/*` (the ten fairness metrics), and training counters. "
+            "Tags: `fsjax.command`, `fsjax.overrides`, git commit, JAX backend. "
+            "Sweeps appear as a parent run with one nested run per grid point and seed.")
+
+
 def ordered_columns(names) -> list[str]:
     """The ten fairness metrics first, then the rest alphabetically."""
     names = set(names)
@@ -217,7 +294,11 @@ class MlflowTracker(Callback):
       run_dir: the run's output directory (CSVs, figures, ``run.json``).
       run_id: continue this MLflow run (resume) instead of starting one.
       figures: save and log the standard figures at the end.
-      tags: extra run tags (e.g. a study's arm and seed).
+      tags: extra run tags (e.g. a study's arm and seed; ``mlflow.parentRunId``
+        nests the run under a sweep's parent run).
+      run_name: the MLflow run name (default: the run directory's name).
+      description: the experiment's description, set when it has none
+        (default :func:`default_description`).
 
     Raises:
       fsjax.extras.MissingExtra: MLflow is not installed (the ``track`` extra).
@@ -225,7 +306,8 @@ class MlflowTracker(Callback):
 
     def __init__(self, tracking_uri: str | None, experiment: str | None,
                  run_dir: str | os.PathLike, run_id: str | None = None, figures: bool = True,
-                 tags: Mapping[str, str] | None = None):
+                 tags: Mapping[str, str] | None = None, run_name: str | None = None,
+                 description: str | None = None):
         require("track", "MLflow tracking")
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
@@ -233,7 +315,10 @@ class MlflowTracker(Callback):
         self.run_id = run_id
         self.figures = figures
         self.tags = dict(tags or {})
+        self.run_name = run_name
+        self.description = description
         self.client = None
+        self.experiment_id = None
 
     def on_start(self, sim) -> None:
         import jax
@@ -245,18 +330,24 @@ class MlflowTracker(Callback):
         self.client = MlflowClient(tracking_uri=self.uri)
         if self.run_id is not None:
             self.client.update_run(self.run_id, status="RUNNING")
+            run = self.client.get_run(self.run_id)
+            self.experiment_id = run.info.experiment_id
+            if "error" in run.data.tags:   # resumed: the old error no longer describes the run
+                self.client.delete_tag(self.run_id, "error")
+            if "rounds_history" in self.tags:   # fsjax.resume: a resume changed `rounds`
+                self.client.set_tag(self.run_id, "rounds_history", self.tags["rounds_history"])
             return
         name = self.experiment or cfg.name
-        exp = self.client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            name, artifact_location=artifact_location(self.uri, name))
+        exp_id = self.experiment_id = experiment_id(
+            self.client, name, self.uri, self.description or default_description(name))
         tags = run_tags({"jax_backend": jax.default_backend(),
                 "jax_devices": ", ".join(str(d) for d in jax.devices()),
                 "engine_mode": f"{sim.mode}" + (f"(chunk={sim.chunk_size})" if sim.chunk_size
                                                  else ""),
                 "data": sim.data_description, "run_dir": str(self.run_dir.resolve()),
                 **self.tags})
-        run = self.client.create_run(exp_id, run_name=self.run_dir.name, tags=tags)
+        run = self.client.create_run(exp_id, run_name=self.run_name or self.run_dir.name,
+                                     tags=tags)
         self.run_id = run.info.run_id
         # log_batch splits into MLflow's per-request limits (100 params) itself.
         self.client.log_batch(self.run_id, params=[
@@ -272,26 +363,36 @@ class MlflowTracker(Callback):
     def on_round(self, sim, round_index, metrics, state) -> None:
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, round_index) for k, v in metrics.items()
+        batch = [Metric(mlflow_key(k), float(v), now, round_index) for k, v in metrics.items()
                  if not (k == "test_accuracy" and math.isnan(v))]
         self.client.log_batch(self.run_id, metrics=batch)
 
     def on_end(self, sim, history) -> None:
         from fsjax import plots
-        for name in (METRICS_LOG, FINAL_METRICS):
+        if self.figures and history is not None and not (self.run_dir / "figures").is_dir():
+            # Without fsjax.outputs.RunOutputs (which writes them in run_in_dir).
+            plots.save_run_figures(history.metrics, history.clients, self.run_dir / "figures",
+                                   sim.config.name)
+        self.upload_outputs()
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def upload_outputs(self) -> None:
+        """Logs the run directory's CSVs and ``figures/*.png`` that exist as artifacts."""
+        for name in (METRICS_LOG, FINAL_METRICS, "clients.csv"):
             if (self.run_dir / name).exists():
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
-        if self.figures and history is not None:
-            figs = plots.save_run_figures(history.metrics, history.clients,
-                                          self.run_dir / "figures", sim.config.name)
-            for path in figs:
+        if self.figures:
+            for path in sorted((self.run_dir / "figures").glob("*.png")):
                 self.client.log_artifact(self.run_id, str(path), artifact_path="figures")
-        self.client.set_terminated(self.run_id, status="FINISHED")
 
     def on_error(self, sim, error) -> None:
         if self.client is None or self.run_id is None:
             return
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        try:
+            self.upload_outputs()   # what exists (RunOutputs wrote it just before)
+        except Exception as err:  # noqa: BLE001 - marking the run matters more
+            log.warning("could not upload the outputs of MLflow run %s: %s", self.run_id, err)
         try:
             self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
             self.client.set_terminated(self.run_id, status=status)
@@ -336,7 +437,9 @@ def fetch_histories(tracking_uri: str | None = None, run_ids: Sequence[str] = ()
             label = f"{label} ({run.info.run_id[:6]})"
         hist = {}
         for m in metrics:
-            points = sorted(client.get_metric_history(run.info.run_id, m), key=lambda p: p.step)
+            points = sorted(client.get_metric_history(run.info.run_id, mlflow_key(m)) or
+                            client.get_metric_history(run.info.run_id, m),  # older runs
+                            key=lambda p: p.step)
             by_step = {p.step: p.value for p in points}   # a resumed run may repeat steps
             hist[m] = [by_step[s] for s in sorted(by_step)]
         out[label] = hist
@@ -347,3 +450,62 @@ def load_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``run.json`` of a run directory (empty if the run was not tracked)."""
     path = Path(run_dir) / RUN_INFO
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def start_parent_run(tracking_uri: str | None, experiment: str, run_name: str,
+                     run_id: str | None = None, tags: Mapping[str, str] | None = None,
+                     params: Mapping[str, Any] | None = None,
+                     description: str | None = None) -> tuple[str, str]:
+    """Starts (or, given ``run_id``, reopens) a sweep's parent run; returns ``(run_id, experiment_id)``.
+
+    Children nest under it with the tag ``mlflow.parentRunId``.
+    """
+    require("track", "MLflow tracking")
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = experiment_id(client, experiment, uri, description)
+    if run_id is not None:
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return run_id, client.get_run(run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - deleted or from another store: start a new one
+            log.warning("sweep parent run %s not found in %s; starting a new one", run_id, uri)
+    run = client.create_run(exp_id, run_name=run_name, tags=run_tags(dict(tags or {})))
+    if params:
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000])
+                                                  for k, v in params.items()])
+    return run.info.run_id, exp_id
+
+
+def finish_parent_run(tracking_uri: str | None, run_id: str,
+                      metrics: Mapping[str, float] = (), artifacts: Sequence[str | Path] = (),
+                      status: str = "FINISHED") -> None:
+    """Logs a sweep's summary metrics and files to its parent run and ends it."""
+    require("track", "MLflow tracking")
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items() if v == v]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+    for path in artifacts:
+        path = Path(path)
+        client.log_artifact(run_id, str(path),
+                            artifact_path="figures" if path.suffix == ".png" else None)
+    client.set_terminated(run_id, status=status)
+
+
+def delete_run(tracking_uri: str | None, run_id: str) -> None:
+    """Deletes a run (a sweep child restarted from scratch), ignoring one already gone."""
+    require("track", "MLflow tracking")
+    from mlflow.tracking import MlflowClient
+    try:
+        MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri)).delete_run(run_id)
+    except Exception as err:  # noqa: BLE001 - a stale id must not stop the sweep
+        log.info("could not delete MLflow run %s: %s", run_id, err)

@@ -47,7 +47,8 @@ def test_run_logs_everything_and_mlflow_server_answers(tmp_path):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     for name in metrics.METRIC_NAMES + ("train_loss", "dropped_updates", "round_seconds"):
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id,
+                                                             tracking.mlflow_key(name))]
         assert steps == [1, 2, 3], name
     assert run.data.params["rounds"] == "3" and run.data.params["selection.name"] == "random"
     assert run.data.tags["engine_mode"].startswith(("chunked", "vmap"))
@@ -252,3 +253,96 @@ def test_every_package_is_installed_and_serving_under_fsjax():
                          text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.split() == ["fsjax.serving.server", "None"], \
         out.stderr[-2000:]
+
+
+# ------------------------------------------------- the CLI to the README's promise
+
+TINY = ["--set", "rounds=2", "--set", "partition.num_clients=6", "--set",
+        "selection.clients_per_round=2", "--set", "data.n_train=300", "--set",
+        "data.n_test=60", "--set", "model.hidden=[16]", "--quiet"]
+
+
+def _one_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_compare_errors_name_what_is_unknown(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "mlruns.db"
+    uri = f"sqlite:///{missing}"
+    assert cli.main(["compare", "--runs", "deadbeef", "--tracking-uri", uri]) == 1
+    assert "no MLflow store" in _one_line(capsys)
+    assert not missing.exists() and not missing.parent.exists()   # not created by reading
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    assert cli.main(["run", QUICK, *TINY, "--tracking-uri", uri,
+                     "--output-dir", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", "--runs", "deadbeef", "--tracking-uri", uri]) == 1
+    assert "run 'deadbeef': not found in" in _one_line(capsys)
+    assert cli.main(["compare", "--experiment", "cpm", "--tracking-uri", uri]) == 1
+    err = _one_line(capsys)
+    assert "experiment 'cpm': not found in" in err and "None" not in err
+    assert cli.main(["compare", "--experiment", "quick", "--tracking-uri", uri,
+                     "--metrics", "acuracy_mean", "--out", str(tmp_path / "c.png")]) == 1
+    assert "'acuracy_mean'" in _one_line(capsys)
+    assert cli.main(["compare", "--experiment", "quick", "--tracking-uri", uri,
+                     "--out", str(tmp_path / "c.png")]) == 0
+
+
+def test_compare_reads_run_directories_and_writes_tables(tmp_path, capsys):
+    for sel in ("random", "fair_select"):
+        assert cli.main(["run", QUICK, *TINY, "--no-track", "--set", f"selection.name={sel}",
+                         "--output-dir", str(tmp_path / "o")]) == 0
+    dirs = sorted(str(p) for p in (tmp_path / "o").iterdir())
+    capsys.readouterr()
+    assert cli.main(["compare", "--dirs", *dirs, "--metrics", "accuracy_mean",
+                     "participation_gini", "--out", str(tmp_path / "c.png"),
+                     "--csv", str(tmp_path / "t.csv"), "--md", str(tmp_path / "t.md")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    import csv
+    with open(tmp_path / "t.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["run", "accuracy_mean", "participation_gini"] and len(rows) == 3
+    assert "selection.name=fair_select" in (tmp_path / "t.md").read_text()
+    final = tracking.read_metrics_csv(Path(dirs[0]) / "metrics_log.csv")["accuracy_mean"][-1]
+    assert rows[1][1] == f"{final:.6g}"
+    assert cli.main(["compare", "--dirs", str(tmp_path)]) == 1
+    assert "not a run directory" in _one_line(capsys)
+
+
+def test_version_log_level_and_ports(capsys):
+    from fsjax import __version__
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"fsjax {__version__}"
+    assert cli.main(["--log-level", "loud", "run", QUICK]) == 2
+    assert "--log-level" in _one_line(capsys)
+    for bad in ("99999", "0", "http"):
+        assert cli.main(["serve", QUICK, "--port", bad]) == 2
+        assert "--port" in _one_line(capsys)
+    assert cli.main(["client", QUICK, "--port", "70000"]) == 2
+    assert "65535" in _one_line(capsys)
+
+
+def test_every_option_has_help():
+    import argparse
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("override, key", [
+    ("availability.p_drop=1.5", "availability.p_drop"),
+    ("selection.lam=-1", "selection.lam"),
+])
+def test_range_errors_name_the_config_key_at_load_time(override, key, capsys):
+    from fsjax import config
+    extra = {"availability.p_drop=1.5": "availability.name=markov",
+             "selection.lam=-1": "selection.name=fair_select"}[override]
+    with pytest.raises(ValueError, match=f"config key '{key}'"):
+        config.load(QUICK, overrides=(extra, override))
+    assert cli.main(["run", QUICK, "--set", extra, "--set", override, "--no-track"]) == 2
+    assert key in _one_line(capsys)

@@ -10,7 +10,7 @@ def test_yaml_and_overrides_apply_and_the_dump_loads_back(tmp_path):
     cfg = config.load(path, overrides=("rounds=3", "engine.mode=loop", "selection.lam=0.7",
                                        "data.image_shape=[4, 4, 1]"))
     assert cfg.rounds == 3 and cfg.engine.mode == "loop"
-    assert cfg.selection.params == {"lam": 0.7}
+    assert cfg.selection.params == {"lam": 0.7, "mu": 1.0, "coverage": True}  # + factory defaults
     assert cfg.data.image_shape == (4, 4, 1)
     assert cfg.model.params == {"hidden": [16]}
     flat = config.flatten(cfg)

@@ -82,10 +82,47 @@ def test_bad_sources(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="wrong layout"):
         data.load_cifar10(tmp_path / "flat.zip", cache_dir=tmp_path)
     monkeypatch.delenv("FSJAX_CIFAR10_ZIP", raising=False)
+    monkeypatch.setenv("FSJAX_SHARED", str(tmp_path / "no-shared"))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setattr(data, "_tfds_prepared", lambda: False)
     with pytest.raises(ValueError, match="FSJAX_CIFAR10_ZIP"):
         data.load_cifar10("auto")
+
+
+@pytest.fixture
+def nothing_found(tmp_path, monkeypatch):
+    monkeypatch.delenv("FSJAX_CIFAR10_ZIP", raising=False)
+    monkeypatch.setenv("FSJAX_SHARED", str(tmp_path / "shared"))
+    monkeypatch.setenv("FSJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_tfds_prepared", lambda: False)
+    return tmp_path
+
+
+def test_auto_finds_the_shared_zip_after_the_env_zip(nothing_found):
+    shared = nothing_found / "shared" / "data"
+    shared.mkdir(parents=True)
+    path, _ = _write_tiny_archive(shared)
+    path.rename(shared / "cifar10-jpeg.zip")
+    ds = data.load_cifar10("auto", progress=False)
+    assert len(ds.y_train) == 6
+
+
+def test_auto_download_only_when_asked_and_online(nothing_found, monkeypatch):
+    calls = []
+    monkeypatch.setattr(data, "_load_tfds", lambda download: calls.append(download) or "ds")
+    with pytest.raises(ValueError, match="data.download=never") as err:
+        data.load_cifar10("auto", download="never")
+    assert "\n" not in str(err.value)
+    import importlib.util
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        with pytest.raises(ValueError, match="not installed"):
+            data.load_cifar10("auto", download="auto")
+        return
+    monkeypatch.setattr(data, "_online", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="offline"):
+        data.load_cifar10("auto", download="auto")
+    monkeypatch.setattr(data, "_online", lambda *a, **k: True)
+    assert data.load_cifar10("auto", download="auto") == "ds" and calls == [True]
 
 
 def test_tfds_source_never_downloads_unasked(tmp_path, monkeypatch):

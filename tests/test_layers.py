@@ -26,7 +26,8 @@ PACKAGES = {"fsjax": "fsjax", "serving": "fsjax.serving", "bench": "bench",
 
 PARTS = ("data", "partition", "models", "local", "engine", "backends", "aggregation",
          "evaluation", "availability", "selection", "allocation", "allocation_loop",
-         "metrics", "clients", "callbacks", "files", "extras", "robust")
+         "metrics", "clients", "callbacks", "files", "extras", "robust",
+         "fair_aggregation", "cup_metrics")
 WIRING = ("fsjax.simulation", "fsjax.config", "fsjax.runs", "fsjax.tracking",
           "fsjax.checkpoint", "fsjax.cli", "fsjax.serving")
 
@@ -41,7 +42,8 @@ RULES = [
     (("experiments",), (), ("bench",), "experiments never imports bench"),
     (tuple(f"fsjax.{p}" for p in PARTS), (), WIRING,
      "the parts of a round never import the wiring above them"),
-    (("fsjax.tracking", "fsjax.checkpoint"), (), ("fsjax.simulation", "fsjax.runs"),
+    (("fsjax.tracking", "fsjax.checkpoint", "fsjax.outputs"), (),
+     ("fsjax.simulation", "fsjax.runs"),
      "callbacks get what they need through the callback hooks"),
 ]
 

@@ -86,3 +86,70 @@ def test_to_padded_round_trips_indices():
 def test_bad_input_names_the_argument(call, field):
     with pytest.raises(ValueError, match=field):
         call()
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("iid", {}), ("dirichlet", {"alpha": 0.3, "min_size": 5}),
+    ("label_subsets", {"labels_per_client": 2})])
+@pytest.mark.parametrize("cap", [0, 3])
+def test_index_lists_gather_the_old_padded_batches(name, kwargs, cap):
+    """FederatedData (flat index lists, gathered in jit) == the old padded layout."""
+    import jax
+    import jax.numpy as jnp
+
+    from fsjax import clients, config
+
+    ds = data.synthetic(10, 600, 10, (4, 4, 3), seed=0)
+    sets = [f"partition.name={name}", "partition.num_clients=9",
+            f"partition.max_test_per_client={cap}"]
+    sets += [f"partition.{k}={v}" for k, v in kwargs.items()]
+    p = config.load(None, overrides=tuple(sets)).partition
+    fd = clients.prepare(ds, p, seed=3)
+    # The old layout, built here as the reference.
+    cd = partition.to_padded(ds, clients.partition_clients(ds.y_train, p, 3), p.split_test, 3)
+    x_t, y_t, n_t = cd.x_test, cd.y_test, cd.n_test
+    if cap:
+        x_t, y_t, n_t = x_t[:, :cap], y_t[:, :cap], np.minimum(n_t, cap)
+    assert fd.index.shape[0] == cd.n.sum()          # storage O(examples held)
+    ids = jnp.array([4, 0, 8, 4], jnp.int32)        # any clients, repeats allowed
+    x, y, n = jax.jit(fd.gather)(ids)
+    np.testing.assert_array_equal(x, cd.x[np.asarray(ids)])
+    np.testing.assert_array_equal(y, cd.y[np.asarray(ids)])
+    np.testing.assert_array_equal(n, cd.n[np.asarray(ids)])
+    for got, want in zip(fd.gather(jnp.arange(9), test=True), (x_t, y_t, n_t)):
+        np.testing.assert_array_equal(got, want)
+    hist = partition.label_histogram(partition.ClientShards(
+        [cd.idx[c, :cd.n[c]] for c in range(9)]), ds.y_train, 10)
+    np.testing.assert_array_equal(fd.label_hist, hist)
+
+
+def test_pack_and_padded_rows_match_a_loop():
+    lists = [np.array([5, 1]), np.array([9]), np.array([0, 2, 7, 3])]
+    ci = partition.pack(lists)
+    rows, valid = partition.padded_rows(ci.index, ci.offsets, ci.sizes, np.array([2, 0, 1]), 4)
+    for r, v, c in zip(np.asarray(rows), np.asarray(valid), [2, 0, 1]):
+        np.testing.assert_array_equal(r[v], lists[c])
+        assert v.sum() == len(lists[c])
+
+
+def test_sample_population_is_deterministic_per_seed_and_client():
+    import jax.numpy as jnp
+
+    pop = partition.sample(LABELS, 10**6, examples_per_client=20, seed=4)
+    rows = np.asarray(partition.sample_rows(pop, jnp.array([0, 999_999, 5])))
+    assert rows.shape == (3, 20) and rows.min() >= 0 and rows.max() < len(LABELS)
+    # Per client: independent of which other clients are drawn, and of C.
+    small = partition.sample(LABELS, 10, examples_per_client=20, seed=4)
+    np.testing.assert_array_equal(partition.sample_rows(small, jnp.array([5])), rows[2:])
+    np.testing.assert_array_equal(partition.sample_rows(pop, jnp.array([999_999])), rows[1:2])
+    other = partition.sample(LABELS, 10**6, examples_per_client=20, seed=5)
+    assert not np.array_equal(partition.sample_rows(other, jnp.array([0])), rows[:1])
+    assert not np.array_equal(rows[0], rows[2])
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(num_clients=0), "num_clients"), (dict(examples_per_client=1), "examples_per_client")])
+def test_sample_rejects_bad_arguments(kwargs, field):
+    args = dict(num_clients=5, examples_per_client=10) | kwargs
+    with pytest.raises(ValueError, match=field):
+        partition.sample(LABELS, **args)

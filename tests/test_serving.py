@@ -68,17 +68,18 @@ def test_launch_equals_simulation(tmp_path):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["engine_mode"] == "networked"
     for name in metrics.METRIC_NAMES + ("failed_updates", "round_seconds"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
+        assert [m.step for m in client.get_metric_history(
+            run.info.run_id, tracking.mlflow_key(name))] == [1, 2], name
     (run_dir,) = (tmp_path / "out").iterdir()
     assert tracking.read_metrics_csv(run_dir / "metrics_log.csv")["failed_updates"] == [0, 0]
     assert (run_dir / "final_metrics.csv").is_file() and (run_dir / "config.yaml").is_file()
     assert config.load(run_dir / "config.yaml").partition.num_clients == 4
 
     sim = _simulate("rounds=2", "partition.num_clients=4", f"selection.clients_per_round={k}")
-    net = client.get_metric_history(run.info.run_id, "accuracy_mean")[-1].value
+    net = client.get_metric_history(run.info.run_id, "accuracy/accuracy_mean")[-1].value
     print(f"accuracy_mean: networked {net!r}, simulation {sim.metrics['accuracy_mean'][-1]!r}")
     assert abs(net - sim.metrics["accuracy_mean"][-1]) <= 1e-4
-    net_test = client.get_metric_history(run.info.run_id, "test_accuracy")
+    net_test = client.get_metric_history(run.info.run_id, "accuracy/test_accuracy")
     assert [m.step for m in net_test] == [2]
     assert abs(net_test[0].value - sim.test_accuracy[2]) <= 1e-4
 

@@ -44,7 +44,7 @@ TOKEN = "trust-test-token"
 def test_server_refuses_to_start_without_a_token(monkeypatch, capsys):
     monkeypatch.delenv("FSJAX_TOKEN", raising=False)
     monkeypatch.delenv(launch.INSECURE_ENV, raising=False)
-    assert cli.main(["serve", QUICK, "--port", "0"]) == 2
+    assert cli.main(["serve", QUICK, "--port", "8080"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no FSJAX_TOKEN set" in err and "--insecure" in err and len(err.splitlines()) == 1
 

@@ -28,9 +28,13 @@ def test_cpp_study_quick_writes_every_strategy_and_metric(tmp_path):
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     exp = client.get_experiment_by_name("cpp_study_quick")
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 10 and {r.info.status for r in runs} == {"FINISHED"}
+    every = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
+    runs = [r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 10 and {r.info.status for r in every} == {"FINISHED"}
     assert {r.data.tags["arm"] for r in runs} == set(cpp_study.STRATEGIES)
+    assert {r.data.tags["variant"] for r in runs} == set(cpp_study.VARIANTS)
+    assert (out / "summary.md").is_file()                      # the sweep's summary over seeds
     # The report redone from results.json, without training: same tables.
     (out / "table.md").unlink()
     assert cpp_study.main(["--quick", "--out", str(out), "--tracking-uri", "none",

@@ -90,13 +90,18 @@ def test_mlflow_tracker_logs_every_param_metric_and_the_git_commit(tmp_path, mon
     sim = types.SimpleNamespace(config=cfg, mode="vmap", chunk_size=None, data_description="d")
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     tracker = tracking.MlflowTracker(uri, "t", tmp_path / "run", figures=False,
-                                     tags={"arm": "a"})
+                                     tags={"arm": "a"}, run_name="lr=0.5 | quick")
     tracker.on_start(sim)
     tracker.on_round(sim, 1, {"accuracy_mean": 0.5, "test_accuracy": float("nan")}, None)
     tracker.on_end(sim, None)
     run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
     assert run.data.params == {k: str(v) for k, v in many.items()}
-    assert run.data.metrics == {"accuracy_mean": 0.5}
+    assert run.data.metrics == {"accuracy/accuracy_mean": 0.5}     # grouped by prefix
+    assert run.info.run_name == "lr=0.5 | quick"
+    exp = MlflowClient(tracking_uri=uri).get_experiment(tracker.experiment_id)
+    assert exp.name == "t" and "fairness/*" in exp.tags["mlflow.note.content"]
+    assert tracking.runs_table_url(tracker.experiment_id).endswith(
+        f"/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning")
     assert run.data.tags["arm"] == "a" and run.data.tags["engine_mode"] == "vmap"
     if tracking.git_commit() != "unknown":   # a checkout, not an unpacked archive
         assert run.data.tags[MLFLOW_GIT_COMMIT] == tracking.git_commit()

@@ -299,7 +299,7 @@ class TraceState(NamedTuple):
 def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: Any = None,
            slot_minutes: float = 60.0, rule: str = "charging_wifi", start: int = 0,
            random_start: bool = False, min_coverage: float = 0.5, wrap: bool = True,
-           skip_bad_lines: bool = False) -> Availability:
+           skip_bad_lines: bool = False, download: str | bool = "never") -> Availability:
     """Replays a device-trace availability matrix, one slot per round.
 
     Client k follows device ``k mod D`` (round-robin, so with C > D several
@@ -309,12 +309,17 @@ def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: A
     Args:
       num_clients: number of clients C.
       path: trace JSON, parsed by :func:`load_traces` (with ``slot_minutes``,
-        ``rule``, ``min_coverage``, ``wrap``, ``skip_bad_lines``).
+        ``rule``, ``min_coverage``, ``wrap``, ``skip_bad_lines``); ``"auto"``
+        searches ``$FSJAX_TRACES``, ``../shared/data`` and the download cache
+        (:mod:`~fsjax.availability.trace_fallback`) and, when nothing is found,
+        returns the Markov model with the traces' rates (saying so in one line).
       matrix: instead of ``path``, a precomputed ``bool[T, D]``.
       slot_minutes, rule, min_coverage, wrap, skip_bad_lines: see :func:`load_traces`.
       start: slot of the first round, in [0, T).
       random_start: draw the first slot uniformly in ``init`` instead (one start
         for all clients, so the devices' mutual timing is kept).
+      download: with ``path="auto"``: ``"auto"`` downloads the study's public
+        trace file into the cache when online; ``"never"`` (default) does not.
 
     Returns:
       An :class:`Availability` with :class:`TraceState`.
@@ -330,6 +335,15 @@ def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: A
       [True, False, True]
     """
     c = check_num_clients(num_clients)
+    if download not in ("auto", "never", True, False):
+        raise ValueError(f"download={download!r}: expected 'auto' or 'never'")
+    if isinstance(path, str) and path == "auto" and matrix is None:
+        from fsjax.availability import trace_fallback
+        found = trace_fallback.find_traces(download=download in ("auto", True))
+        if found is None:
+            return trace_fallback.markov_fallback(c)
+        trace_fallback.log.info("device traces: %s", found)
+        path = found
     if (path is None) == (matrix is None):
         raise ValueError(f"path={path!r}, matrix={'given' if matrix is not None else None}: "
                          "expected exactly one of them")
@@ -358,3 +372,28 @@ def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: A
 
     return jitted(Availability, init, step)
 
+
+
+def assign_traces(key: jax.Array, num_clients: int, num_devices: int,
+                  num_slots: int) -> tuple[jax.Array, jax.Array]:
+    """Each client's trace and start offset, deterministic in ``key``: O(C) integers.
+
+    For populations larger than the traces (C > D): client c replays device
+    ``device[c]`` from slot ``offset[c]``, so clients sharing a device are out
+    of step; round r is then ``matrix[(offset + r) % T, device]`` (:func:`trace_step`),
+    with no ``[T, C]`` copy of the matrix.
+
+    Example:
+      >>> dev, off = assign_traces(jax.random.key(0), 10**6, 100, 720)
+      >>> dev.shape, int(dev.max()) < 100, int(off.max()) < 720
+      ((1000000,), True, True)
+    """
+    k_dev, k_off = jax.random.split(key)
+    device = jax.random.randint(k_dev, (num_clients,), 0, num_devices, jnp.int32)
+    offset = jax.random.randint(k_off, (num_clients,), 0, num_slots, jnp.int32)
+    return device, offset
+
+
+def trace_step(matrix: jax.Array, device: jax.Array, offset: jax.Array, t: jax.Array) -> jax.Array:
+    """bool[C]: availability in round ``t`` of clients assigned by :func:`assign_traces`."""
+    return matrix[(offset + t) % matrix.shape[0], device]
