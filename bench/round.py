@@ -472,7 +472,7 @@ def run(s: Settings, out: Path, use_torch: bool = True, modes: list[str] | None 
     rounds = max(s.repeats, s.scaling_repeats) + 1
     # The torch baseline trains the same clients on the same rows as the simulation.
     ref = fs.simulation("chunked", 1, data, s.num_clients, k)
-    x, y, n = (np.asarray(a) for a in (ref.data.x, ref.data.y, ref.data.n))
+    x, y, n = (np.array(a) for a in (ref.data.x, ref.data.y, ref.data.n))  # writable copies
     sched = fs.schedule(ref, rounds)
     del ref
 

@@ -1,17 +1,13 @@
-"""Run tracking: CSV files in the run directory and MLflow (the only module importing mlflow).
+"""Run tracking in MLflow (the only module importing mlflow).
 
-Two simulation callbacks:
-
-- :class:`CsvLogger` keeps ``metrics_log.csv`` (one row per round) and
-  ``final_metrics.csv`` (``metric,value`` of the last round) in the run dir,
-  the file names of the CPP study.
-- :class:`MlflowTracker` logs the resolved config as flattened params and as
-  ``config.yaml``, every round's metrics with ``step=round``, the CSVs and the
-  figures as artifacts, and tags: MLflow's own context tags (user, source,
-  ``mlflow.source.git.commit``) plus the JAX backend and devices, the engine
-  mode and the data. A run that raises is marked ``FAILED`` (``KILLED`` on
-  Ctrl-C). MLflow is optional (the ``track`` extra) and imported only here,
-  lazily, so the CSV logger works without it.
+The CSV files of a run are :mod:`fsjax.csvlog` (:class:`CsvLogger`, re-exported
+here). :class:`MlflowTracker` logs the resolved config as flattened params
+and as ``config.yaml``, every round's metrics with ``step=round``, the CSVs and
+the figures as artifacts, and tags: MLflow's own context tags (user, source,
+``mlflow.source.git.commit``) plus the JAX backend and devices, the engine mode
+and the data. A run that raises is marked ``FAILED`` (``KILLED`` on Ctrl-C).
+MLflow is optional (the ``track`` extra) and imported only here, lazily, so
+the CSV logger works without it.
 
 In MLflow, metrics carry a prefix so the UI groups them (:func:`mlflow_key`):
 ``accuracy/accuracy_mean``, ``accuracy/test_accuracy``, ``fairness/<metric>``
@@ -21,8 +17,7 @@ The sweep's parent runs and its temporary MLflow server (one writer for a
 SQLite store while several workers log) are here too: :func:`start_parent_run`,
 :func:`finish_parent_run`, :func:`serve_store`.
 
-Both are :class:`fsjax.callbacks.Callback` objects; files are written with
-:func:`fsjax.files.atomic_write`, so a reader never sees half a CSV.
+The tracker is a :class:`fsjax.callbacks.Callback`.
 
 The default store is a local SQLite file, ``sqlite:///mlruns.db``, so
 ``mlflow ui --backend-store-uri sqlite:///mlruns.db`` shows every run;
@@ -35,8 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -50,16 +43,18 @@ from pathlib import Path
 from typing import Any
 
 from fsjax import config as config_lib
-from fsjax.callbacks import Callback, append_metrics
+from fsjax.callbacks import Callback
 from fsjax.extras import require
 from fsjax.files import atomic_write
 from fsjax.metrics import METRIC_NAMES
+# The CSV files live in fsjax.csvlog; these names stay importable from here.
+from fsjax.csvlog import (FINAL_METRICS, METRICS_LOG, CsvLogger,  # noqa: F401
+                          ordered_columns, read_metrics_csv, write_final_csv,
+                          write_metrics_csv)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-METRICS_LOG = "metrics_log.csv"
-FINAL_METRICS = "final_metrics.csv"
 RUN_INFO = "run.json"
 
 
@@ -207,82 +202,6 @@ def default_description(name: str) -> str:
             "accuracy), `fairness/*` (the ten fairness metrics), and training counters. "
             "Tags: `fsjax.command`, `fsjax.overrides`, git commit, JAX backend. "
             "Sweeps appear as a parent run with one nested run per grid point and seed.")
-
-
-def ordered_columns(names) -> list[str]:
-    """The ten fairness metrics first, then the rest alphabetically."""
-    names = set(names)
-    return [n for n in METRIC_NAMES if n in names] + sorted(names - set(METRIC_NAMES))
-
-
-def _csv_text(rows) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    return buf.getvalue()
-
-
-def write_metrics_csv(path: str | os.PathLike, history: Mapping[str, Sequence[float]]) -> None:
-    """``round,<metric>...`` with one row per round (values as ``repr``, NaN as ``nan``)."""
-    cols = ordered_columns(history)
-    rounds = max((len(v) for v in history.values()), default=0)
-    rows = [["round", *cols]]
-    rows += [[str(r + 1), *(_fmt(history[c][r]) for c in cols)] for r in range(rounds)]
-    atomic_write(path, _csv_text(rows))
-
-
-def write_final_csv(path: str | os.PathLike, history: Mapping[str, Sequence[float]]) -> None:
-    """``metric,value`` of the last round (the last finite value for sparse metrics)."""
-    rows = [["metric", "value"]]
-    for c in ordered_columns(history):
-        finite = [v for v in history[c] if not math.isnan(v)]
-        rows.append([c, _fmt(finite[-1] if finite else float("nan"))])
-    atomic_write(path, _csv_text(rows))
-
-
-def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Reads :func:`write_metrics_csv` output back into ``{metric: values}``.
-
-    Values round-trip exactly (they are written as ``repr``).
-
-    Example:
-      >>> import pathlib, tempfile
-      >>> path = pathlib.Path(tempfile.mkdtemp()) / METRICS_LOG
-      >>> write_metrics_csv(path, {"train_loss": [0.1, float("nan")], "accuracy_mean": [0.5, 2/3]})
-      >>> print(path.read_text(), end="")
-      round,accuracy_mean,train_loss
-      1,0.5,0.1
-      2,0.6666666666666666,nan
-      >>> read_metrics_csv(path)["accuracy_mean"] == [0.5, 2/3]
-      True
-    """
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    cols = [c for c in (rows[0] if rows else {}) if c != "round"]
-    return {c: [float(r[c]) for r in rows] for c in cols}
-
-
-def _fmt(v: float) -> str:
-    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
-
-
-class CsvLogger(Callback):
-    """Keeps ``metrics_log.csv`` and ``final_metrics.csv`` in ``run_dir`` up to date."""
-
-    def __init__(self, run_dir: str | os.PathLike, history: Mapping[str, Sequence[float]] = None):
-        self.run_dir = Path(run_dir)
-        self.history = {k: list(v) for k, v in (history or {}).items()}
-
-    def on_start(self, sim) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.history:  # resumed: rounds after the checkpoint are redone
-            write_metrics_csv(self.run_dir / METRICS_LOG, self.history)
-
-    def on_round(self, sim, round_index, metrics, state) -> None:
-        append_metrics(self.history, metrics)
-        write_metrics_csv(self.run_dir / METRICS_LOG, self.history)
-
-    def on_end(self, sim, history) -> None:
-        write_final_csv(self.run_dir / FINAL_METRICS, self.history)
 
 
 class MlflowTracker(Callback):

@@ -42,7 +42,7 @@ RULES = [
     (("experiments",), (), ("bench",), "experiments never imports bench"),
     (tuple(f"fsjax.{p}" for p in PARTS), (), WIRING,
      "the parts of a round never import the wiring above them"),
-    (("fsjax.tracking", "fsjax.checkpoint", "fsjax.outputs"), (),
+    (("fsjax.tracking", "fsjax.csvlog", "fsjax.checkpoint", "fsjax.outputs"), (),
      ("fsjax.simulation", "fsjax.runs"),
      "callbacks get what they need through the callback hooks"),
 ]
