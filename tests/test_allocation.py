@@ -553,6 +553,7 @@ def test_two_resource_alpha_one_is_separable_so_study_equals_joint():
     assert abs(float(out.gap)) < 1e-12 and float(out.residual) < 1e-9 and bool(out.converged)
 
 
+@pytest.mark.slow
 def test_two_resource_gradients():
     rng = np.random.default_rng(34)
     cd = A.CobbDouglas(*(jnp.asarray(rng.uniform(lo, hi, 5)) for lo, hi in ((0.2, 0.6),) * 2 + ((0.05, 0.3),) * 2))

@@ -26,6 +26,7 @@ def _cfg(name, alpha=0.0, *extra):
                                          "rounds=6", *extra))
 
 
+@pytest.mark.slow
 def test_uniform_allocation_equals_plain_steps():
     plain = simulation.run(_cfg("none"))
     uniform = simulation.run(_cfg("uniform"))   # longer scan, masked steps

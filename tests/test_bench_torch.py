@@ -57,6 +57,7 @@ def test_forward_logits_agree(tb):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_one_client_one_step_same_update(tb):
     """One client, one SGD step on the same batch (its whole shard, so row order
     does not matter), then FedAvg: the same new global weights in both."""
@@ -82,6 +83,7 @@ def test_one_client_one_step_same_update(tb):
     np.testing.assert_allclose(loss, float(res.loss[0]), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_simulator_visits_each_example_once_per_epoch(tb):
     """5 steps of batch 10 on 50 examples is one epoch: a different order than
     fsjax, but the same multiset of examples (each used once)."""

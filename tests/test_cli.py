@@ -143,6 +143,7 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert png.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_failing_run_is_marked_failed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     with pytest.raises(RuntimeError):
@@ -268,6 +269,7 @@ def _one_line(capsys):
     return err
 
 
+@pytest.mark.slow
 def test_compare_errors_name_what_is_unknown(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "mlruns.db"
     uri = f"sqlite:///{missing}"
@@ -290,6 +292,7 @@ def test_compare_errors_name_what_is_unknown(tmp_path, capsys):
                      "--out", str(tmp_path / "c.png")]) == 0
 
 
+@pytest.mark.slow
 def test_compare_reads_run_directories_and_writes_tables(tmp_path, capsys):
     for sel in ("random", "fair_select"):
         assert cli.main(["run", QUICK, *TINY, "--no-track", "--set", f"selection.name={sel}",

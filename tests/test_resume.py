@@ -61,6 +61,7 @@ def test_resume_with_a_changed_key_is_an_error_listing_the_keys(tmp_path, capsys
     assert len(line.splitlines()) == 1 and "local.lr" in line
 
 
+@pytest.mark.slow
 def test_rounds_change_is_recorded(tmp_path):
     run_dir, _ = _new_run(tmp_path, ["rounds=2"])
     cfg, _, resuming = runs.resolve_run_config(None, ["rounds=4"], resume=run_dir)
@@ -83,6 +84,7 @@ def test_resuming_a_finished_run_does_nothing(tmp_path, capsys):
     assert cli.main(["run", "--resume", str(run_dir), "--no-track", "--quiet"]) == 0
 
 
+@pytest.mark.slow
 def test_finished_after_resume_has_no_stale_error_tag_and_records_rounds(tmp_path):
     from mlflow.tracking import MlflowClient
     uri = f"sqlite:///{tmp_path}/mlruns.db"
@@ -109,6 +111,7 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_no_track_run_writes_figures_and_csvs(tmp_path):
     run_dir, hist = _new_run(tmp_path, ["selection.name=fair_select"])
     figs = sorted(p.name for p in (run_dir / "figures").glob("*.png"))

@@ -120,9 +120,10 @@ def test_killed_client_counts_as_failed(tmp_path):
     assert log["failed_updates"][0] == 1, _logs(tmp_path)
     assert math.isfinite(log["train_loss"][0]) and log["dropped_updates"] == [0, 0]
     server_log = (tmp_path / "server.log").read_text()
-    # Round 1 waited for the dead client until the deadline, then used the others.
-    assert f"round 1: no update from clients [{victim}] by the deadline" in server_log, \
-        _logs(tmp_path)
+    # Round 1 failed the dead client and used the others: after waiting for it until the
+    # deadline, or at once when the kill cut the server's push to it short.
+    assert (f"round 1: no update from clients [{victim}] by the deadline" in server_log
+            or f"round 1: client {victim} unreachable" in server_log), _logs(tmp_path)
     # Round 2 did not wait for it: selected again, its push is refused and it fails at once.
     assert "round 2: no update from clients" not in server_log, _logs(tmp_path)
     assert log["failed_updates"][1] == (f"round 2: client {victim} unreachable" in server_log)

@@ -358,6 +358,7 @@ def _garbage(rng, n, coord=None, path=None):
         yield prefixes[i % len(prefixes)] + rng.bytes(size)
 
 
+@pytest.mark.slow
 def test_garbage_bodies_on_every_write_endpoint(setup, cfg):
     coord, http, _ = setup
     before = _snapshot(coord, http)

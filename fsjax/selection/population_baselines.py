@@ -31,6 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fsjax.selection import baselines
 from fsjax.selection.core import (Array, Feedback, Selection, Selector, SelectorState,
                                   _check_call, _selector, _top_k, init_state, update_state)
 from fsjax.selection.cup_scheduler import availability_now
@@ -76,11 +77,7 @@ def uniform_available() -> Selector:
       [True, True]
     """
 
-    def select(state, available, key, num_slots):
-        c, k = _check_call(state, available, num_slots)
-        return _top_k(jax.random.uniform(key, (c,)), available, None, k)
-
-    return _selector(select)
+    return baselines.random()
 
 
 def least_selected() -> Selector:
