@@ -80,6 +80,17 @@ def uniform_available() -> Selector:
     return baselines.random()
 
 
+def _ranked(score) -> Selector:
+    """The K available clients with the largest ``score(state, available)`` f32[C]
+    (ties: lower index), without randomness."""
+
+    def select(state, available, key, num_slots):
+        _, k = _check_call(state, available, num_slots)
+        return _top_k(score(state, available), available, None, k)
+
+    return _selector(select)
+
+
 def least_selected() -> Selector:
     """The K available clients selected fewest times so far (ties: lower index).
 
@@ -89,11 +100,7 @@ def least_selected() -> Selector:
       [0, 1]
     """
 
-    def select(state, available, key, num_slots):
-        _, k = _check_call(state, available, num_slots)
-        return _top_k(-state.selected.astype(jnp.float32), available, None, k)
-
-    return _selector(select)
+    return _ranked(lambda state, available: -state.selected.astype(jnp.float32))
 
 
 def inverse_availability() -> Selector:
@@ -106,11 +113,7 @@ def inverse_availability() -> Selector:
       [1, 2]
     """
 
-    def select(state, available, key, num_slots):
-        _, k = _check_call(state, available, num_slots)
-        return _top_k(-availability_now(state, available), available, None, k)
-
-    return _selector(select)
+    return _ranked(lambda state, available: -availability_now(state, available))
 
 
 def estimated_availability() -> Selector:
@@ -123,11 +126,7 @@ def estimated_availability() -> Selector:
       [0, 2]
     """
 
-    def select(state, available, key, num_slots):
-        _, k = _check_call(state, available, num_slots)
-        return _top_k(availability_now(state, available), available, None, k)
-
-    return _selector(select)
+    return _ranked(availability_now)
 
 
 class RoundRobinState(NamedTuple):
