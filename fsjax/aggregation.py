@@ -163,10 +163,10 @@ REGISTRY: dict[str, Callable[..., Aggregator]] = {"fedavg": fedavg, "fedprox": f
 # sums of client terms: their client_terms and finish are None (no fused chunked path).
 REGISTRY.update(median=robust.median, trimmed_mean=robust.trimmed_mean, krum=robust.krum)
 # The CUP study's server updates (fsjax.fair_aggregation) take the stacked path too.
-# fedfv needs nothing from the round; horvitz_thompson and afl need the round's
-# SlotContext (inclusion probabilities, availability estimates) and num_clients, which
-# the simulation does not pass yet, so they join the registry when the round does.
-REGISTRY.update(fedfv=fair_aggregation.fedfv)
+# horvitz_thompson and afl take num_clients (the simulation passes it) and read the
+# round's SlotContext (slots, inclusion probabilities, availability estimates) in apply.
+REGISTRY.update(horvitz_thompson=fair_aggregation.horvitz_thompson, afl=fair_aggregation.afl,
+                fedfv=fair_aggregation.fedfv)
 
 
 def make(name: str, opt: optax.GradientTransformation | None = None, **params: Any) -> Aggregator:

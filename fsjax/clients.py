@@ -161,7 +161,10 @@ def prepare(ds: data_lib.Dataset, p: Any, seed: int) -> FederatedData:
 
     Returns:
       :class:`FederatedData`; raises ValueError when a client has no training
-      or no test example.
+      example, or no test example while ``p.split_test > 0``. With
+      ``split_test = 0`` (the CUP study: nothing held out) every client's test
+      split is empty; evaluate clients from the global test set then
+      (``eval.client_accuracy: labels | label_set``, :mod:`fsjax.evaluation`).
     """
     shards = partition_clients(ds.y_train, p, seed)
     x_all = jnp.asarray(ds.x_train)
@@ -171,9 +174,12 @@ def prepare(ds: data_lib.Dataset, p: Any, seed: int) -> FederatedData:
     train_idx, test_idx = partition.hold_out(shards, p.split_test, seed)
     train = partition.pack(train_idx)
     test = partition.truncate(partition.pack(test_idx), p.max_test_per_client)
-    if (test.sizes == 0).any() or (train.sizes == 0).any():
-        raise ValueError("partition: some client has no training or no test example; "
-                         "use fewer clients or a larger partition.split_test")
+    if (train.sizes == 0).any():
+        raise ValueError("partition: some client has no training example; use fewer "
+                         "clients or a smaller partition.split_test")
+    if p.split_test > 0 and (test.sizes == 0).any():
+        raise ValueError(f"partition.split_test={p.split_test}: some client has no test "
+                         "example; use fewer clients or a larger partition.split_test")
     y_np = np.asarray(ds.y_train)
     hist = np.stack([np.bincount(y_np[i], minlength=ds.num_classes)
                      for i in train_idx]).astype(np.float32)

@@ -53,12 +53,13 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PartitionConfig:
-    name: str = "iid"                # iid | dirichlet | label_subsets
+    name: str = "iid"                # iid | dirichlet | label_subsets | label_ring | sample
     num_clients: int = 20
     alpha: float = 0.5               # dirichlet
     min_size: int = 10               # dirichlet
-    labels_per_client: int = 2       # label_subsets
-    examples_per_client: int = 50    # sample: rows each client draws with replacement (test incl.)
+    labels_per_client: int = 2       # label_subsets, label_ring
+    examples_per_client: int = 50    # sample: rows each client draws with replacement (test incl.);
+                                     # label_ring: rows of its labels (the CUP study: 100)
     split_test: float = 0.2          # fraction of each client's data held out as its test split
     max_test_per_client: int = 0     # cap on a client's test rows (0 = no cap)
     seed: int | None = None          # None = the experiment seed
@@ -79,6 +80,7 @@ class LocalConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     mu: float = 0.0                  # FedProx proximal weight (0 = off)
+    clip_norm: float = 0.0           # clip each local gradient to this global norm (0 = off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +92,8 @@ class EngineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AggregationConfig:
-    name: str = "fedavg"             # fedavg | fedprox | qffl | median | trimmed_mean | krum
+    name: str = "fedavg"             # aggregation.REGISTRY: fedavg | fedprox | qffl | median |
+                                     # trimmed_mean | krum | horvitz_thompson | afl | fedfv
     server_optimizer: str = "sgd"    # sgd | momentum | adam
     server_lr: float = 1.0
     server_momentum: float = 0.9
@@ -114,7 +117,7 @@ class AvailabilityConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FailureConfig:
-    name: str = "none"               # availability.FAILURES: none | study
+    name: str = "none"               # availability.FAILURES: none | latency_loss (fsjax's own)
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -136,6 +139,17 @@ class EvalConfig:
     chunk: int = 500                 # examples per forward pass
     clients: int = 0                 # M > 0: evaluate M random clients + the selected ones per round
     full_every: int = 0              # with clients > 0: evaluate every client every N rounds (0 = never)
+    client_accuracy: str = "held_out"  # held_out | labels | label_set (REFERENCE B.1 step 7)
+
+
+@dataclasses.dataclass(frozen=True)
+class UtilityConfig:
+    """The utility increment credited to participants (REFERENCE B.1 steps 8-11)."""
+
+    name: str = "accuracy_gain"      # accuracy_gain | accuracy_gain_since_last | loss_reduction
+    surrogate: bool = False          # also report utility metrics "with surrogate"
+    eta0: float = 1.0                # surrogate scale
+    kappa: float = 0.1               # surrogate decay per round since the last participation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +170,7 @@ class ExperimentConfig:
     failure: FailureConfig = FailureConfig()
     allocation: AllocationConfig = AllocationConfig()
     eval: EvalConfig = EvalConfig()
+    utility: UtilityConfig = UtilityConfig()
 
 
 # --------------------------------------------------------------------- loading
@@ -256,9 +271,9 @@ def _with_factory_defaults(cfg: ExperimentConfig) -> ExperimentConfig:
     from fsjax import aggregation, availability, models, selection
 
     parts = {"model": (models.REGISTRY, ("parent", "name", "num_classes")),
-             "aggregation": (aggregation.REGISTRY, ("opt",)),
+             "aggregation": (aggregation.REGISTRY, ("opt", "num_clients")),
              "selection": (selection.REGISTRY, ()),
-             "availability": (availability.REGISTRY, ("num_clients",)),
+             "availability": (availability.REGISTRY, ("num_clients", "label_hist", "rounds")),
              "failure": (availability.FAILURES, ("num_clients",))}
     plain = (type(None), bool, int, float, str)
     changes = {}
@@ -375,7 +390,7 @@ def _check_factory_values(section: str, factory, params: Mapping, **fixed) -> No
 
 def validate(cfg: ExperimentConfig) -> None:
     """Checks values and cross-field rules; raises ValueError naming the key."""
-    from fsjax import aggregation, availability, models, partition, selection
+    from fsjax import aggregation, availability, models, partition, participation, selection
 
     _check(cfg.rounds >= 1, "rounds", cfg.rounds, "an integer >= 1")
     _check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every, ">= 0")
@@ -396,7 +411,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(p.labels_per_client >= 1, "partition.labels_per_client", p.labels_per_client, ">= 1")
     _check(p.examples_per_client >= 2, "partition.examples_per_client", p.examples_per_client,
            ">= 2")
-    _check(0 < p.split_test < 1, "partition.split_test", p.split_test, "a fraction in (0, 1)")
+    _check(0 <= p.split_test < 1, "partition.split_test", p.split_test, "a fraction in [0, 1)")
+    _check(p.split_test > 0 or cfg.eval.client_accuracy != "held_out", "partition.split_test",
+           p.split_test, "> 0 with eval.client_accuracy held_out (clients need held-out rows;"
+           " eval.client_accuracy labels or label_set evaluate on the global test set)")
     _check(p.max_test_per_client >= 0, "partition.max_test_per_client",
            p.max_test_per_client, ">= 0")
     _check_factory_params("model", models.REGISTRY, cfg.model.name, cfg.model.params,
@@ -409,12 +427,17 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(0 <= lc.momentum < 1, "local.momentum", lc.momentum, "in [0, 1)")
     _check(lc.weight_decay >= 0, "local.weight_decay", lc.weight_decay, ">= 0")
     _check(lc.mu >= 0, "local.mu", lc.mu, ">= 0")
+    _check(lc.clip_norm >= 0, "local.clip_norm", lc.clip_norm, ">= 0 (0 = off)")
     e = cfg.engine
     _check(e.mode in ("auto", "vmap", "chunked", "loop"), "engine.mode", e.mode,
            "one of auto, vmap, chunked, loop")
     _check(e.chunk_size >= 0, "engine.chunk_size", e.chunk_size, ">= 0")
     a = cfg.aggregation
-    _check_factory_params("aggregation", aggregation.REGISTRY, a.name, a.params, skip=("opt",))
+    _check_factory_params("aggregation", aggregation.REGISTRY, a.name, a.params,
+                          skip=("opt", "num_clients"))
+    _check(a.name != "horvitz_thompson" or cfg.selection.name == "cup", "aggregation.name",
+           a.name, "a selector that reports inclusion probabilities with horvitz_thompson "
+           "(selection.name cup)")
     _check(a.server_optimizer in ("sgd", "momentum", "adam"), "aggregation.server_optimizer",
            a.server_optimizer, "'sgd', 'momentum' or 'adam'")
     _check(a.server_lr > 0, "aggregation.server_lr", a.server_lr, "> 0")
@@ -427,11 +450,12 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(1 <= s.clients_per_round <= p.num_clients, "selection.clients_per_round",
            s.clients_per_round, f"an integer in [1, partition.num_clients={p.num_clients}]")
     _check_factory_params("availability", availability.REGISTRY, cfg.availability.name,
-                          cfg.availability.params, skip=("num_clients",))
+                          cfg.availability.params, skip=("num_clients", "label_hist", "rounds"))
     _check_factory_params("failure", availability.FAILURES, cfg.failure.name,
                           cfg.failure.params, skip=("num_clients",))
     # The parts' own range checks, at load time and naming the key (availability.p_drop).
-    if cfg.availability.name not in ("traces", "correlated"):   # these read trace files
+    # traces/correlated read trace files; minority_dropout needs the partition's labels.
+    if cfg.availability.name not in ("traces", "correlated", "minority_dropout"):
         _check_factory_values("availability", availability.REGISTRY[cfg.availability.name],
                               cfg.availability.params, num_clients=p.num_clients)
     _check_factory_values("failure", availability.FAILURES[cfg.failure.name],
@@ -460,6 +484,16 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(ev.chunk >= 1, "eval.chunk", ev.chunk, ">= 1")
     _check(ev.clients >= 0, "eval.clients", ev.clients, ">= 0 (0 = every client)")
     _check(ev.full_every >= 0, "eval.full_every", ev.full_every, ">= 0")
+    _check(ev.client_accuracy in ("held_out", "labels", "label_set"), "eval.client_accuracy",
+           ev.client_accuracy, "'held_out', 'labels' or 'label_set'")
+    _check(ev.client_accuracy == "held_out" or not ev.clients, "eval.clients", ev.clients,
+           "0 with eval.client_accuracy labels/label_set (one pass over the test set "
+           "evaluates every client)")
+    u = cfg.utility
+    _check(u.name in participation.UTILITIES, "utility.name", u.name,
+           f"one of {', '.join(participation.UTILITIES)}")
+    _check(u.eta0 >= 0, "utility.eta0", u.eta0, ">= 0")
+    _check(u.kappa >= 0, "utility.kappa", u.kappa, ">= 0")
 
 
 # ------------------------------------------------------------------ utilities

@@ -17,16 +17,17 @@ from pathlib import Path
 
 from fsjax.callbacks import Callback, append_metrics
 from fsjax.files import atomic_write
-from fsjax.metrics import METRIC_NAMES
+from fsjax.metrics import CUP_METRIC_NAMES, METRIC_NAMES
 
 METRICS_LOG = "metrics_log.csv"
 FINAL_METRICS = "final_metrics.csv"
 
 
 def ordered_columns(names) -> list[str]:
-    """The ten fairness metrics first, then the rest alphabetically."""
+    """fsjax's own metrics, then the CUP study's, then the rest alphabetically."""
     names = set(names)
-    return [n for n in METRIC_NAMES if n in names] + sorted(names - set(METRIC_NAMES))
+    first = METRIC_NAMES + CUP_METRIC_NAMES
+    return [n for n in first if n in names] + sorted(names - set(first))
 
 
 def _csv_text(rows) -> str:

@@ -9,6 +9,12 @@ data (``steps <= max_steps``): the step loop runs ``steps`` times (under
 ``vmap``, to the largest count with finished clients masked), so per-client
 step counts never recompile.
 
+``loss0`` (q-FFL's, AFL's and FairFedCS's ``F_k``, the ``loss_reduction``
+utility's baseline) is the mean loss of the initial (global) params over all
+of the client's valid rows, computed before training with one forward pass
+over the padded shard (in row chunks of ``loss0_chunk``, unrolled, so memory
+stays bounded and XLA:CPU convolutions stay out of a while loop).
+
 Example:
   >>> import jax, jax.numpy as jnp, optax
   >>> from fsjax import models
@@ -43,7 +49,9 @@ class LocalResult(NamedTuple):
 
     delta: Any         # params pytree: trained params minus the initial params
     loss: jax.Array    # f32[]  mean mini-batch loss over the steps done (0 if none)
-    loss0: jax.Array   # f32[]  loss of the initial params on the first batch (q-FFL's F_k)
+    loss0: jax.Array   # f32[]  F_k: mean loss of the initial (global) params over all n
+    #                          valid rows of the shard, before training (0 if n = 0;
+    #                          with loss0="first_batch": on the first mini-batch, 0 if no step)
     steps: jax.Array   # i32[]  steps done
 
 
@@ -68,9 +76,47 @@ def batch_rows(key: jax.Array, n: jax.Array, n_max: int, step: jax.Array,
     return jax.vmap(row)(pos)
 
 
+LOSS0 = ("shard", "first_batch")
+
+
+def shard_loss(apply_fn: Callable, params, shard: Shard, chunk: int = 256) -> jax.Array:
+    """f32[]: mean cross-entropy of ``params`` over the ``n`` valid rows of ``shard``.
+
+    One forward pass over the padded rows in static chunks of ``chunk`` rows (a
+    Python loop, so it is unrolled: no while loop around convolutions), padding
+    masked out; 0 when ``n = 0``. Jittable and vmappable over ``shard``.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> logits``.
+      params: the model parameters.
+      shard: one client's padded data.
+      chunk: rows per forward pass (bounds activation memory).
+
+    Returns:
+      The masked mean loss, f32[].
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> apply = lambda p, x: jnp.zeros((x.shape[0], 4))     # uniform logits
+      >>> shard = Shard(jnp.zeros((5, 2)), jnp.zeros(5, jnp.int32), jnp.int32(3))
+      >>> round(float(shard_loss(apply, None, shard, chunk=2)), 4)   # log(4)
+      1.3863
+    """
+    n_max = shard.y.shape[0]
+    total = jnp.float32(0.0)
+    for start in range(0, n_max, max(1, int(chunk))):
+        stop = min(n_max, start + max(1, int(chunk)))
+        logits = apply_fn(params, shard.x[start:stop])
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, shard.y[start:stop])
+        mask = jnp.arange(start, stop) < shard.n
+        total = total + jnp.sum(jnp.where(mask, losses, 0.0))
+    return jnp.where(shard.n > 0, total / jnp.maximum(shard.n, 1), 0.0).astype(jnp.float32)
+
+
 def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation, *,
                      batch_size: int, max_steps: int, mu: float = 0.0,
-                     unroll: int | bool = 1) -> Callable:
+                     unroll: int | bool = 1, loss0: str = "shard",
+                     loss0_chunk: int = 256) -> Callable:
     """Builds ``local_train(params, shard, steps, key) -> LocalResult`` for one client.
 
     Args:
@@ -82,6 +128,12 @@ def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation
       unroll: ``1`` (default): a loop of ``steps`` iterations; otherwise the
         ``lax.scan`` unroll over ``max_steps`` (``True`` = fully unrolled; needed
         on XLA:CPU for XLA convolutions, not for ``conv="im2col"``).
+      loss0: what ``LocalResult.loss0`` (F_k) is: ``"shard"`` (default): the
+        mean loss of the initial params over all valid rows (:func:`shard_loss`,
+        one extra forward pass over the shard, as the CUP study's clients
+        compute it); ``"first_batch"``: the loss of the first mini-batch (free,
+        a noisy estimate; for runs where nothing reads F_k).
+      loss0_chunk: rows per forward pass of the ``"shard"`` loss.
 
     Returns:
       A pure function, jittable and vmappable over (shard, steps, key).
@@ -90,6 +142,10 @@ def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation
         raise ValueError(f"batch_size={batch_size}, max_steps={max_steps}: expected >= 1")
     if mu < 0:
         raise ValueError(f"mu={mu}: expected a non-negative FedProx weight")
+    if loss0 not in LOSS0:
+        raise ValueError(f"loss0={loss0!r}: expected one of {LOSS0}")
+    if loss0_chunk < 1:
+        raise ValueError(f"loss0_chunk={loss0_chunk}: expected >= 1")
 
     def batch_loss(params, global_params, x, y):
         logits = apply_fn(params, x)
@@ -107,13 +163,14 @@ def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation
         steps = jnp.where(shard.n > 0, jnp.minimum(steps, max_steps), 0).astype(jnp.int32)
 
         def do_step(carry, s):
-            p, opt_state, loss_sum, loss0 = carry
+            p, opt_state, loss_sum, first = carry
             rows = batch_rows(key, shard.n, n_max, s, batch_size)
             (_, loss), grads = grad_fn(p, params, shard.x[rows], shard.y[rows])
             updates, opt_state = optimizer.update(grads, opt_state, p)
             p = optax.apply_updates(p, updates)
-            loss0 = jnp.where(s == 0, loss, loss0)
-            return p, opt_state, loss_sum + loss, loss0
+            if loss0 == "first_batch":
+                first = jnp.where(s == 0, loss, first)
+            return p, opt_state, loss_sum + loss, first
 
         def step(carry, s):
             return jax.lax.cond(s < steps, do_step, lambda c, _: c, carry, s), None
@@ -123,13 +180,15 @@ def make_local_train(apply_fn: Callable, optimizer: optax.GradientTransformation
             # A loop of exactly `steps` iterations. The scan below skips steps
             # with a lax.cond whose pass-through branch made XLA:CPU copy the
             # params every step (2-5% of a client's time on CPU; bench/README.md).
-            trained, _, loss_sum, loss0 = jax.lax.fori_loop(
+            trained, _, loss_sum, first = jax.lax.fori_loop(
                 0, steps, lambda s, carry: do_step(carry, s), init)
         else:  # unrolling needs a static trip count
-            (trained, _, loss_sum, loss0), _ = jax.lax.scan(
+            (trained, _, loss_sum, first), _ = jax.lax.scan(
                 step, init, jnp.arange(max_steps), unroll=unroll)
         delta = jax.tree.map(jnp.subtract, trained, params)
         mean_loss = loss_sum / jnp.maximum(steps, 1)
-        return LocalResult(delta, mean_loss, loss0, steps)
+        f_k = first if loss0 == "first_batch" else shard_loss(apply_fn, params, shard,
+                                                                loss0_chunk)
+        return LocalResult(delta, mean_loss, f_k, steps)
 
     return local_train

@@ -4,8 +4,10 @@ Every function is ``jax.jit``-compiled (so eager calls compile once; inside an
 outer jit it inlines) and maps arrays to a scalar with the formula in its docstring;
 variances and standard deviations are population ones (ddof = 0), and edge
 cases (all zeros, empty masks) have a fixed documented value so a round never
-produces an exception. :func:`round_metrics` returns the ten metrics the study
-logs per round under ``METRIC_NAMES``.
+produces an exception. :func:`round_metrics` returns fsjax's own nine metrics it
+logs per round under ``METRIC_NAMES``; the CUP study's six
+(REFERENCE B.6) are :func:`cup_metrics` (``CUP_METRIC_NAMES``), also logged
+every round.
 
 Example:
   >>> import jax.numpy as jnp
@@ -24,9 +26,16 @@ from fsjax.cup_metrics import CUP_METRIC_NAMES, cup_metrics  # noqa: F401 (REFER
 
 Array = jax.Array
 
-METRIC_NAMES = ("accuracy_mean", "accuracy_jain", "utility_cv", "utility_jain", "selection_gap",
-                "participation_gini", "accuracy_variance", "label_kl", "unseen_labels",
+# fsjax's own per-round metrics (round_metrics): accuracy, and fairness measures that
+# predate the CUP study, named after what they measure.
+METRIC_NAMES = ("accuracy_mean", "accuracy_jain", "cum_accuracy_cv", "cum_accuracy_jain",
+                "participation_rate_gap", "accuracy_variance", "label_kl", "unseen_labels",
                 "class_loss_variance")
+# The CUP study's metrics that use utility, also reported "with surrogate" (suffix _surrogate).
+UTILITY_METRICS = ("utility_cv", "utility_jain", "worst10_utility")
+# Every fairness column a round can log (MLflow files them under fairness/).
+FAIRNESS_NAMES = (METRIC_NAMES[1:] + CUP_METRIC_NAMES
+                  + tuple(f"{k}_surrogate" for k in UTILITY_METRICS))
 
 
 def _f32(x: Any) -> Array:
@@ -117,8 +126,11 @@ def participation_rate(participation: Any, rounds: Any) -> Array:
 
 
 @jax.jit
-def selection_gap(participation: Any, rounds: Any, ever_available: Any) -> Array:
+def participation_rate_gap(participation: Any, rounds: Any, ever_available: Any) -> Array:
     """Max minus min participation rate among clients ever available.
+
+    fsjax's older "selection gap" (logged as ``participation_rate_gap``); the CUP
+    study's ``selection_gap`` is :func:`fsjax.cup_metrics.cup_metrics`'.
 
     Rate = participation count / rounds completed (:func:`participation_rate`).
     Clients never available cannot be selected and are left out; with none
@@ -133,7 +145,7 @@ def selection_gap(participation: Any, rounds: Any, ever_available: Any) -> Array
       f32 scalar in [0, 1].
 
     Example:
-      >>> float(selection_gap(jnp.array([1, 3, 0]), 4, jnp.array([True, True, False])))
+      >>> float(participation_rate_gap(jnp.array([1, 3, 0]), 4, jnp.array([True, True, False])))
       0.5
     """
     rate = participation_rate(participation, rounds)
@@ -224,25 +236,29 @@ def variance(x: Any) -> Array:
     return jnp.var(_f32(x))
 
 
-def round_metrics(*, accuracy: Any, cum_utility: Any, participation: Any, ever_available: Any,
+def round_metrics(*, accuracy: Any, cum_accuracy: Any, participation: Any, ever_available: Any,
                   rounds: Any, selected_label_counts: Any, global_label_dist: Any,
                   class_loss: Any) -> dict[str, Array]:
-    """The ten fairness metrics of REFERENCE B for one round.
+    """fsjax's own nine per-round metrics (the CUP study's six: :func:`cup_metrics`).
 
     1. ``accuracy_mean``: mean per-client accuracy.
     2. ``accuracy_jain``: :func:`jain` of per-client accuracy.
-    3. ``utility_cv``: :func:`coefficient_of_variation` of cumulative utility.
-    4. ``utility_jain``: :func:`jain` of cumulative utility.
-    5. ``selection_gap``: :func:`selection_gap` (ever-available clients).
-    6. ``participation_gini``: :func:`gini` of participation counts (all clients).
-    7. ``accuracy_variance``: :func:`variance` of per-client accuracy.
-    8. ``label_kl``: :func:`label_kl` of this round's selected data vs global.
-    9. ``unseen_labels``: :func:`unseen_labels` of this round's selected data.
-    10. ``class_loss_variance``: :func:`class_loss_variance`.
+    3. ``cum_accuracy_cv``: :func:`coefficient_of_variation` of the accuracy
+       levels summed over each client's participations (un-normalised; mostly
+       measures participation counts; was ``utility_cv``).
+    4. ``cum_accuracy_jain``: :func:`jain` of the same (was ``utility_jain``).
+    5. ``participation_rate_gap``: :func:`participation_rate_gap` (ever-available
+       clients; was ``selection_gap``).
+    6. ``accuracy_variance``: :func:`variance` of per-client accuracy.
+    7. ``label_kl``: :func:`label_kl` of this round's selected data vs global.
+    8. ``unseen_labels``: :func:`unseen_labels` of this round's selected data.
+    9. ``class_loss_variance``: :func:`class_loss_variance`.
+
+    (``participation_gini`` moved to :func:`cup_metrics`, with the same formula.)
 
     Args:
       accuracy: f32[C] global-model accuracy on each client's test data.
-      cum_utility: f32[C] cumulative utility.
+      cum_accuracy: f32[C] accuracy summed over the rounds each client participated.
       participation: i32[C] rounds each client participated so far.
       ever_available: bool[C] available in at least one round so far.
       rounds: scalar, rounds completed so far (>= 1).
@@ -254,30 +270,29 @@ def round_metrics(*, accuracy: Any, cum_utility: Any, participation: Any, ever_a
       ``{name: f32 scalar}`` with exactly the keys of ``METRIC_NAMES``, in order.
 
     Example:
-      >>> m = round_metrics(accuracy=jnp.array([0.5, 0.5]), cum_utility=jnp.array([1.0, 1.0]),
+      >>> m = round_metrics(accuracy=jnp.array([0.5, 0.5]), cum_accuracy=jnp.array([1.0, 1.0]),
       ...     participation=jnp.array([2, 2]), ever_available=jnp.array([True, True]), rounds=2,
       ...     selected_label_counts=jnp.array([1.0, 1.0]), global_label_dist=jnp.array([0.5, 0.5]),
       ...     class_loss=jnp.array([0.3, 0.3]))
-      >>> float(m["participation_gini"]), float(m["accuracy_jain"])
+      >>> float(m["participation_rate_gap"]), float(m["accuracy_jain"])
       (0.0, 1.0)
     """
-    values = _round_values(accuracy, cum_utility, participation, ever_available, rounds,
+    values = _round_values(accuracy, cum_accuracy, participation, ever_available, rounds,
                            selected_label_counts, global_label_dist, class_loss)
     # Built outside jit: a jitted function's dict output comes back key-sorted.
     return dict(zip(METRIC_NAMES, values))
 
 
 @jax.jit
-def _round_values(accuracy, cum_utility, participation, ever_available, rounds,
+def _round_values(accuracy, cum_accuracy, participation, ever_available, rounds,
                   selected_label_counts, global_label_dist, class_loss):
     acc = _f32(accuracy)
     values = (
         jnp.mean(acc),
         jain(acc),
-        coefficient_of_variation(cum_utility),
-        jain(cum_utility),
-        selection_gap(participation, rounds, ever_available),
-        gini(participation),
+        coefficient_of_variation(cum_accuracy),
+        jain(cum_accuracy),
+        participation_rate_gap(participation, rounds, ever_available),
         variance(acc),
         label_kl(selected_label_counts, global_label_dist),
         unseen_labels(selected_label_counts),

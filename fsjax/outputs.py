@@ -7,17 +7,18 @@ least one round, it writes into the run directory:
 
 - ``figures/*.png``: the standard figures (:func:`fsjax.plots.save_run_figures`);
 - ``clients.csv``: one row per client (:func:`client_table`): training
-  examples, rounds participated (update used), rounds selected and rounds
-  available (where the selector counts them), the selector's availability
-  estimate (where it keeps one), cumulative utility and its normalised value
-  (1 = the fleet's mean), final accuracy and loss.
+  examples, rounds available (A), selected (S, available or not) and
+  participated (P = A S, update used), the availability estimate pi = A / T,
+  participation debt T - P, utility u_k (increments credited on participation,
+  REFERENCE B.1 step 8) and its normalised value u_k / pi_k (empty where
+  pi_k = 0), fsjax's older cumulative accuracy, final accuracy and loss.
 
 Example:
   >>> import numpy as np
-  >>> rows = client_table({"participation": np.array([2, 0]), "cum_utility": np.array([3.0, 1.0]),
+  >>> rows = client_table({"participation": np.array([2, 0]), "utility": np.array([0.3, 0.0]),
   ...                      "accuracy": np.array([0.5, 0.25])})
   >>> rows[0], rows[1]
-  (['client', 'participation', 'cum_utility', 'utility_normalised', 'accuracy'], ['0', '2', '3.0', '1.5', '0.5'])
+  (['client', 'participation', 'utility', 'accuracy'], ['0', '2', '0.3', '0.5'])
 """
 
 from __future__ import annotations
@@ -40,34 +41,38 @@ log = logging.getLogger(__name__)
 CLIENTS_CSV = "clients.csv"
 FIGURES = "figures"
 # Column order of clients.csv (those a run has).
-COLUMNS = ("num_examples", "participation", "selected", "available", "availability_estimate",
-           "cum_utility", "utility_normalised", "accuracy", "loss")
+COLUMNS = ("num_examples", "available", "selected", "participation", "availability", "debt",
+           "utility", "normalised_utility", "cum_accuracy", "accuracy", "loss")
 
 
 def client_arrays(sim: Any, state: Any) -> dict[str, np.ndarray]:
-    """Per-client arrays of a round state: what the round keeps and what the selector counts."""
-    out = {}
-    for name in ("participation", "cum_utility", "accuracy", "loss"):
-        if hasattr(state, name):
-            out[name] = np.asarray(getattr(state, name))
+    """Per-client arrays of a round state (REFERENCE B.1): A, S and P counts, the
+    availability estimate pi = A / T, debt = T - P, utility u_k and u_k / pi_k."""
+    ledger = getattr(state, "ledger", None)
+    fields = dict(available="available", selected="selected", participation="participated",
+                  utility="utility", cum_accuracy="cum_accuracy")
+    out = {col: np.asarray(getattr(ledger, f)) for col, f in fields.items()
+           if hasattr(ledger, f)}
+    out.update({f: np.asarray(getattr(state, f)) for f in ("accuracy", "loss")
+                if hasattr(state, f)})
     data = getattr(sim, "data", None)
     if data is not None and hasattr(data, "n"):
         out["num_examples"] = np.asarray(data.n)
-    sel = getattr(state, "select_state", None)
-    if all(hasattr(sel, f) for f in ("rounds", "available", "selected")):
-        out["selected"] = np.asarray(sel.selected)
-        out["available"] = np.asarray(sel.available)
-        # The selectors' own estimate (fsjax.selection.availability_estimate).
-        out["availability_estimate"] = (out["available"] + 1.0) / (float(sel.rounds) + 2.0)
+    rounds = int(getattr(state, "round", 0))
+    if "available" in out and rounds > 0:
+        pi = out["available"] / float(rounds)
+        out["availability"] = pi
+        if "utility" in out:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out["normalised_utility"] = np.where(pi > 0, out["utility"] / pi, np.nan)
+    if "participation" in out:
+        out["debt"] = rounds - out["participation"]
     return out
 
 
 def client_table(clients: Mapping[str, Any]) -> list[list[str]]:
     """Rows of ``clients.csv`` (header first) from per-client arrays."""
     cols = {k: np.asarray(v) for k, v in clients.items() if k in COLUMNS}
-    if "cum_utility" in cols:
-        u = cols["cum_utility"].astype(np.float64)
-        cols["utility_normalised"] = u / u.mean() if u.mean() > 0 else np.zeros_like(u)
     names = [c for c in COLUMNS if c in cols]
     n = max((len(v) for v in cols.values()), default=0)
     rows = [["client", *names]]

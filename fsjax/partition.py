@@ -8,6 +8,9 @@ engine gathers only the selected clients' rows into fixed-shape batches
 (:class:`fsjax.clients.FederatedData`). :func:`to_padded` builds the old
 padded layout ``x: [C, N_max, H, W, ch]`` (small populations, checks).
 
+``label_ring`` (the CUP study's) gives client ``i`` the labels ``(i + o)
+mod L`` and a seeded sample of their rows; its clients may share rows.
+
 ``sample`` is different: it stores nothing per client. Client ``c`` draws its
 examples with replacement from the data set with the key
 ``fold_in(PRNGKey(seed), c)`` (:func:`sample_rows`), so a population of 10^6
@@ -38,7 +41,8 @@ class ClientShards:
 
     Attributes:
       indices: one int64 array of training-set indices per client; a training
-        index belongs to at most one client.
+        index belongs to at most one client, except in :func:`label_ring`
+        (overlapping label sets; clients may share rows).
     """
 
     indices: list[np.ndarray]
@@ -181,6 +185,68 @@ def label_subsets(labels: np.ndarray, num_clients: int, labels_per_client: int,
     return ClientShards([np.sort(np.concatenate(p)) for p in parts])
 
 
+def label_ring(labels: np.ndarray, num_clients: int, labels_per_client: int = 2,
+               examples_per_client: int = 100, seed: int = 0) -> ClientShards:
+    """The CUP study's split: client ``i`` holds the labels ``(i + o) mod L``, ``o < k``.
+
+    Client ``i`` takes every training row whose label is one of its ``k``
+    labels (``L`` = number of label values, ``max(labels) + 1``), shuffles
+    them with its own generator ``default_rng([seed, i])`` and keeps the first
+    ``examples_per_client`` (all of them when 0 or when there are fewer). The
+    ring overlaps, so neighbouring clients share labels and may share rows;
+    a client's rows depend only on ``(seed, i)`` and the labels, not on
+    ``num_clients``. (The study shuffles with Python's ``random.Random(i)``
+    whatever the run seed, over torchvision's row order; fsjax's CIFAR-10
+    order differs, so the exact rows cannot match anyway.)
+
+    Args:
+      labels: int[N] training labels in ``[0, L)``.
+      num_clients: number of clients C.
+      labels_per_client: k, in ``[1, L]``.
+      examples_per_client: rows kept per client (the study: 100); 0 = all.
+      seed: seed of the per-client shuffles (non-negative).
+
+    Returns:
+      :class:`ClientShards` with sorted index arrays.
+
+    Example:
+      >>> y = np.repeat(np.arange(4), 5)                  # 4 labels x 5 rows
+      >>> every = label_ring(y, 5, labels_per_client=2, examples_per_client=0)
+      >>> [sorted(set(y[i].tolist())) for i in every.indices]
+      [[0, 1], [1, 2], [2, 3], [0, 3], [0, 1]]
+      >>> label_ring(y, 5, labels_per_client=2, examples_per_client=3).sizes.tolist()
+      [3, 3, 3, 3, 3]
+    """
+    labels = np.asarray(labels)
+    if int(num_clients) < 1:
+        raise ValueError(f"num_clients={num_clients}: expected at least 1")
+    if labels.size == 0 or labels.min() < 0:
+        raise ValueError("label_ring: expected a non-empty array of labels >= 0")
+    num_labels = int(labels.max()) + 1
+    k = int(labels_per_client)
+    if not 1 <= k <= num_labels:
+        raise ValueError(f"labels_per_client={labels_per_client}: expected an integer in "
+                         f"[1, {num_labels}] (the number of labels)")
+    if int(examples_per_client) < 0:
+        raise ValueError(f"examples_per_client={examples_per_client}: expected >= 0 "
+                         "(0 = every row of the client's labels)")
+    if int(seed) < 0:
+        raise ValueError(f"seed={seed}: expected a non-negative seed")
+    by_label = [np.flatnonzero(labels == lab) for lab in range(num_labels)]
+    shards = []
+    for i in range(int(num_clients)):
+        held = sorted({(i + o) % num_labels for o in range(k)})
+        # In data-set order (as the study lists them) before the shuffle.
+        rows = np.sort(np.concatenate([by_label[lab] for lab in held]))
+        if len(rows) == 0:
+            raise ValueError(f"label_ring: client {i} holds labels {held}, which have no "
+                             "training example")
+        rows = np.random.default_rng([int(seed), i]).permutation(rows)
+        keep = int(examples_per_client) or len(rows)
+        shards.append(np.sort(rows[:keep]).astype(np.int64))
+    return ClientShards(shards)
+
+
 @dataclasses.dataclass(frozen=True)
 class SampledClients:
     """A ``sample`` population: nothing stored per client (rows come from :func:`sample_rows`).
@@ -235,7 +301,7 @@ def sample_rows(pop: SampledClients, clients: jax.Array) -> jax.Array:
 
 
 REGISTRY = {"iid": iid, "dirichlet": dirichlet, "label_subsets": label_subsets,
-            "sample": sample}
+            "label_ring": label_ring, "sample": sample}
 
 
 class ClientIndex(NamedTuple):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 FAIRNESS = ("accuracy_jain", "utility_cv", "utility_jain", "selection_gap",
-            "participation_gini", "accuracy_variance", "label_kl", "unseen_labels",
-            "class_loss_variance")
+            "conditional_selection_gap", "participation_gini", "worst10_utility",
+            "accuracy_variance", "label_kl", "unseen_labels", "class_loss_variance")
 
 
 def _plt():
@@ -178,7 +178,7 @@ def save_run_figures(metrics: Mapping[str, Sequence[float]], clients: Mapping[st
     if "accuracy" in clients:
         paths.append(plot_client_bars(clients["accuracy"], out / "client_accuracy.png",
                                       "final accuracy"))
-    if "cum_utility" in clients:
-        paths.append(plot_client_bars(clients["cum_utility"], out / "cumulative_utility.png",
-                                      "cumulative utility"))
+    if "utility" in clients:
+        paths.append(plot_client_bars(clients["utility"], out / "cumulative_utility.png",
+                                      "cumulative utility u_k"))
     return paths

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -37,8 +38,9 @@ import numpy as np
 import optax
 
 from fsjax import (aggregation, allocation_loop, availability, backends as backends_lib,
-                   clients, data as data_lib, engine, evaluation, local,
-                   metrics as metrics_lib, models, partition, robust, selection)
+                   clients, data as data_lib, engine, evaluation, fair_aggregation, local,
+                   metrics as metrics_lib, models, partition, participation, robust, selection)
+from fsjax import outputs
 from fsjax.callbacks import Callback, ProgressBar, append_metrics  # noqa: F401 (re-exported)
 from fsjax.clients import FederatedData, load_dataset  # noqa: F401 (re-exported)
 from fsjax.config import ExperimentConfig
@@ -53,9 +55,7 @@ class RoundState(NamedTuple):
     select_state: Any         # selector state
     fail_state: Any           # failure rule state
     alloc_state: Any          # in-loop allocation state (learning-curve history)
-    cum_utility: jax.Array    # f32[C] utility summed over the rounds each client participated
-    participation: jax.Array  # i32[C] rounds each client participated (update used)
-    ever_available: jax.Array  # bool[C]
+    ledger: participation.Ledger  # per-client A, S, P counts and utility (REFERENCE B.1)
     accuracy: jax.Array       # f32[C] last evaluated per-client accuracy
     loss: jax.Array           # f32[C] last evaluated per-client loss
     class_loss: jax.Array     # f32[L] last evaluated per-class loss
@@ -68,7 +68,9 @@ class RoundPlan(NamedTuple):
 
     available: jax.Array  # bool[C] clients available this round
     slots: jax.Array      # i32[K]  selected client of each slot (0 in unused slots)
-    valid: jax.Array      # bool[K] slot holds a selected client
+    valid: jax.Array      # bool[K] slot holds a selected, available client (it trains)
+    intent: jax.Array     # bool[K] slot holds a selected client, available or not (S)
+    probs: jax.Array      # f32[K]  inclusion probability q of the slot's client (cup; else 0)
     steps: jax.Array      # i32[K]  local steps of each slot
     keys: jax.Array       # [K]     PRNG key of each slot's local training
     k_fail: jax.Array     # PRNG key of the round's failure draws
@@ -112,7 +114,23 @@ def client_optimizer(lc) -> optax.GradientTransformation:
         opt = optax.sgd(lc.lr, momentum=lc.momentum or None)
     if lc.weight_decay:
         opt = optax.chain(optax.add_decayed_weights(lc.weight_decay), opt)
+    if lc.clip_norm:   # the CUP study clips each local gradient at norm 5
+        opt = optax.chain(optax.clip_by_global_norm(lc.clip_norm), opt)
     return opt
+
+
+def _needs_client_loss(cfg: ExperimentConfig) -> bool:
+    """Whether a part reads F_k(w_t), the global model's loss on a client's whole
+    shard before training (one extra forward pass per client): q-FFL, AFL,
+    FairFedCS and the loss_reduction utility. Others get the first batch's loss."""
+    return (cfg.aggregation.name in ("qffl", "afl") or cfg.selection.name == "fairfedcs"
+            or cfg.utility.name == "loss_reduction")
+
+
+def _with_population(factory, params, **given):
+    """``factory(**params)`` plus those of ``given`` (num_clients, label_hist) it takes."""
+    names = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in given.items() if k in names}, **params)
 
 
 class Simulation:
@@ -153,13 +171,17 @@ class Simulation:
         self.local_train = local.make_local_train(
             self.model.apply, client_optimizer(cfg.local), batch_size=cfg.local.batch_size,
             max_steps=allocation_loop.max_steps(cfg.allocation, cfg.local.steps), mu=cfg.local.mu,
-            unroll=unroll)
+            unroll=unroll, loss0="shard" if _needs_client_loss(cfg) else "first_batch")
         a = cfg.aggregation
         server_opt = aggregation.server_optimizer(a.server_optimizer, a.server_lr,
                                                   a.server_momentum)
-        self.aggregator = aggregation.make(a.name, server_opt, **a.params)
-        self.availability = availability.REGISTRY[cfg.availability.name](
-            num_clients=C, **cfg.availability.params)
+        self.aggregator = _with_population(aggregation.REGISTRY[a.name], a.params,
+                                           opt=server_opt, num_clients=C)
+        # The CUP study's aggregators (fsjax.fair_aggregation) read the round's SlotContext.
+        self._agg_context = "context" in inspect.signature(self.aggregator.apply).parameters
+        self.availability = _with_population(
+            availability.REGISTRY[cfg.availability.name], cfg.availability.params,
+            num_clients=C, label_hist=np.asarray(self.data.label_hist), rounds=cfg.rounds)
         self.failure = availability.FAILURES[cfg.failure.name](num_clients=C,
                                                               **cfg.failure.params)
         self.selector = selection.REGISTRY[cfg.selection.name](**cfg.selection.params)
@@ -179,6 +201,9 @@ class Simulation:
                                                   cfg.eval.chunk)
         self._round_jit = self._plan_jit = self._finish_jit = None
         self._test = clients.global_test_set(dataset, cfg.data.test_subset)
+        # eval.client_accuracy labels / label_set: one pass over the test set per round.
+        self._count_classes = evaluation.make_class_counter(
+            self.model.apply, dataset.num_classes, cfg.eval.chunk)
         self._test_eval = jax.jit(self.evaluate)
 
     def describe(self, max_rows: int = 10) -> str:
@@ -214,9 +239,7 @@ class Simulation:
             select_state=self.selector.init(self.data.label_hist),
             fail_state=self.failure.init(k_fail),
             alloc_state=self.allocator.init(),
-            cum_utility=jnp.zeros(C, jnp.float32),
-            participation=jnp.zeros(C, jnp.int32),
-            ever_available=jnp.zeros(C, bool),
+            ledger=participation.init(C),
             accuracy=jnp.zeros(C, jnp.float32),
             loss=jnp.zeros(C, jnp.float32),
             class_loss=jnp.zeros(L, jnp.float32),
@@ -240,10 +263,13 @@ class Simulation:
         pad = self.padded_slots - self.num_slots
         slots = jnp.concatenate([sel.slots.astype(jnp.int32), jnp.zeros(pad, jnp.int32)])
         valid = jnp.concatenate([sel.valid, jnp.zeros(pad, bool)])
+        intent = valid if sel.intent is None else jnp.concatenate([sel.intent, jnp.zeros(pad, bool)])
+        probs = (jnp.zeros(self.padded_slots, jnp.float32) if sel.probs is None else
+                 jnp.concatenate([sel.probs.astype(jnp.float32), jnp.zeros(pad, jnp.float32)]))
         steps = self.allocator.steps(state.alloc_state, slots, valid,
                                      jax.random.fold_in(key_r, 0xA110C))
         keys = jax.random.split(k_train, self.num_clients)[slots]
-        plan = RoundPlan(available, slots, valid, steps, keys, k_fail,
+        plan = RoundPlan(available, slots, valid, intent, probs, steps, keys, k_fail,
                          self.failure.draw(state.fail_state, k_fail, slots))
         shards = local.Shard(*fd.gather(slots))   # only the K selected clients' rows
         return state._replace(avail_state=avail_state), plan, shards
@@ -282,8 +308,13 @@ class Simulation:
         if a.norm_bound:   # off: nothing changes, not even the metrics' columns
             delta, weights, bounded = robust.bound_updates(delta, weights, a.norm_bound,
                                                            a.norm_bound_mode)
+        context = {}
+        if self._agg_context:
+            pi = participation.availability_estimate(state.ledger, plan.available, state.round)
+            context["context"] = fair_aggregation.SlotContext(plan.slots, plan.probs,
+                                                              pi[plan.slots])
         params, server_state = self.aggregator.apply(
-            state.server_state, state.params, delta, weights, result.loss0)
+            state.server_state, state.params, delta, weights, result.loss0, **context)
         stats = engine.SlotStats(result.loss, result.loss0, result.steps, finite, weights)
         new_state, metrics = self._close(state, plan, params, server_state, stats, failed, fd)
         if a.norm_bound:
@@ -312,55 +343,80 @@ class Simulation:
         C = self.num_clients
         rnd = state.round + 1
         due = (rnd % self.config.eval.every == 0) | (state.round == 0)
-        ev = jax.lax.cond(
+        ev, acc_global = jax.lax.cond(
             due, lambda: self._evaluate_clients(state, plan, params, fd),
-            lambda: evaluation.Evaluation(state.accuracy, state.loss, state.class_loss,
-                                          jnp.zeros_like(state.class_loss)))
-        selected = selection.slot_mask(slots, valid, C)
-        participated = selection.slot_mask(slots, ok, C)
-        cum_utility = state.cum_utility + jnp.where(participated, ev.accuracy, 0.0)
-        participation = state.participation + participated.astype(jnp.int32)
-        ever_available = state.ever_available | available
+            lambda: (evaluation.Evaluation(state.accuracy, state.loss, state.class_loss,
+                                           jnp.zeros_like(state.class_loss)),
+                     jnp.float32(jnp.nan)))
+        selected = selection.slot_mask(slots, plan.intent, C)   # S (available or not)
+        participated = selection.slot_mask(slots, ok, C)        # P = A S, update used
+        to_clients = lambda x: jnp.zeros(C, jnp.float32).at[jnp.where(ok, slots, C)].set(
+            jnp.asarray(x, jnp.float32), mode="drop")
+        loss_before, local_loss = to_clients(stats.loss0), to_clients(stats.loss)
+        u = self.config.utility
+        gain = participation.gain(u.name, first_round=state.round == 0, accuracy=ev.accuracy,
+                                  prev_accuracy=state.accuracy, ledger=state.ledger,
+                                  loss_before=loss_before, local_loss=local_loss)
+        ledger = participation.record(
+            state.ledger, t=state.round, available=available, selected=selected,
+            participated=participated, gain=gain, accuracy=ev.accuracy,
+            surrogate=(u.eta0, u.kappa) if u.surrogate else None)
         select_state = self.selector.update(state.select_state, selection.Feedback(
             available=available, selected=selected, participated=participated,
-            utility=ev.accuracy, loss=ev.loss))
+            utility=ev.accuracy, loss=ev.loss, gain=gain, loss_before=loss_before,
+            local_loss=local_loss, budget=jnp.int32(self.num_slots)))
         alloc_state = self.allocator.update(state.alloc_state, slots, ok, plan.steps,
                                             ev.accuracy, ev.loss)
-        selected_counts = jnp.sum(fd.label_hist * selected[:, None], axis=0)
+        selected_counts = jnp.sum(fd.label_hist * selection.slot_mask(slots, valid, C)[:, None],
+                                  axis=0)
         metrics = metrics_lib.round_metrics(
-            accuracy=ev.accuracy, cum_utility=cum_utility, participation=participation,
-            ever_available=ever_available, rounds=rnd,
+            accuracy=ev.accuracy, cum_accuracy=ledger.cum_accuracy,
+            participation=ledger.participated, ever_available=ledger.available > 0, rounds=rnd,
             selected_label_counts=selected_counts, global_label_dist=fd.global_dist,
             class_loss=ev.class_loss)
+        counts = (ledger.selected, ledger.available, ledger.participated)
+        metrics.update(metrics_lib.cup_metrics(*counts, ledger.utility, self.num_slots, rnd))
+        if u.surrogate:
+            with_s = metrics_lib.cup_metrics(*counts, ledger.utility + ledger.surrogate,
+                                             self.num_slots, rnd)
+            metrics.update({f"{k}_surrogate": with_s[k] for k in metrics_lib.UTILITY_METRICS})
         n_ok = jnp.sum(ok)
         metrics.update(
             train_loss=jnp.where(n_ok > 0, jnp.sum(jnp.where(ok, stats.loss, 0.0))
                                  / jnp.maximum(n_ok, 1), jnp.nan),
             dropped_updates=jnp.sum(valid & ~stats.finite).astype(jnp.float32),
             failed_updates=jnp.sum(failed).astype(jnp.float32),
-            selected=jnp.sum(valid).astype(jnp.float32),
+            selected=jnp.sum(plan.intent).astype(jnp.float32),
+            participants=n_ok.astype(jnp.float32),
             available=jnp.sum(available).astype(jnp.float32),
             local_steps=jnp.sum(jnp.where(valid, stats.steps, 0)).astype(jnp.float32))
+        if self.config.eval.client_accuracy != "held_out":
+            metrics["accuracy_global"] = acc_global
         new_state = state._replace(
             params=params, server_state=server_state, select_state=select_state,
-            alloc_state=alloc_state, cum_utility=cum_utility, participation=participation,
-            ever_available=ever_available, accuracy=ev.accuracy, loss=ev.loss,
+            alloc_state=alloc_state, ledger=ledger, accuracy=ev.accuracy, loss=ev.loss,
             class_loss=ev.class_loss, round=rnd)
         return new_state, metrics
 
     def _evaluate_clients(self, state: RoundState, plan: RoundPlan, params,
-                          fd: FederatedData) -> evaluation.Evaluation:
-        """Every client (default), or ``eval.clients`` random ones plus the selected
-        ones, with every client at ``eval.full_every`` (an estimate in between)."""
+                          fd: FederatedData) -> tuple[evaluation.Evaluation, jax.Array]:
+        """``(Evaluation, test accuracy or NaN)`` of every client (default), or ``eval.clients`` random ones plus the selected
+        ones, with every client at ``eval.full_every`` (an estimate in between);
+        with ``eval.client_accuracy`` labels/label_set, every client from one
+        pass over the test set (:func:`fsjax.evaluation.from_class_counts`)."""
         C, e = self.num_clients, self.config.eval
-        full = lambda: self.evaluate(params, *fd.gather(jnp.arange(C), test=True))
+        if e.client_accuracy != "held_out":   # REFERENCE B.1 step 7: per-class counts
+            counts = self._count_classes(params, *self._test)
+            return evaluation.from_class_counts(counts, fd.label_hist, e.client_accuracy)
+        nan = jnp.float32(jnp.nan)
+        full = lambda: (self.evaluate(params, *fd.gather(jnp.arange(C), test=True)), nan)
         if not e.clients or e.clients >= C:
             return full()
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0xE7A1)
         ids = evaluation.sample_clients(key, C, e.clients, plan.slots)
-        sampled = lambda: evaluation.merge(
+        sampled = lambda: (evaluation.merge(
             state.accuracy, state.loss, ids,
-            self.evaluate(params, *fd.gather(ids, test=True)))
+            self.evaluate(params, *fd.gather(ids, test=True))), nan)
         if not e.full_every:
             return sampled()
         return jax.lax.cond((state.round + 1) % e.full_every == 0, full, sampled)
@@ -443,9 +499,7 @@ def run(cfg: ExperimentConfig, callbacks: Sequence[Callback] = (), *,
             cb.on_error(sim, err)
         raise
     metrics = {k: np.asarray(v, np.float64) for k, v in values.items()}
-    client_arrays = {k: np.asarray(v) for k, v in dict(
-        accuracy=state.accuracy, loss=state.loss, participation=state.participation,
-        cum_utility=state.cum_utility, num_examples=sim.data.n).items()}
+    client_arrays = outputs.client_arrays(sim, state)
     hist = History(metrics, state.params, client_arrays, test_acc, state, cfg,
                    time.perf_counter() - t0)
     for cb in callbacks:

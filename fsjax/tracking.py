@@ -46,7 +46,7 @@ from fsjax import config as config_lib
 from fsjax.callbacks import Callback
 from fsjax.extras import require
 from fsjax.files import atomic_write
-from fsjax.metrics import METRIC_NAMES
+from fsjax.metrics import FAIRNESS_NAMES
 # The CSV files live in fsjax.csvlog; these names stay importable from here.
 from fsjax.csvlog import (FINAL_METRICS, METRICS_LOG, CsvLogger,  # noqa: F401
                           ordered_columns, read_metrics_csv, write_final_csv,
@@ -135,7 +135,7 @@ def run_tags(extra: Mapping[str, str]) -> dict[str, str]:
     return tags
 
 
-ACCURACY_METRICS = ("accuracy_mean", "test_accuracy")
+ACCURACY_METRICS = ("accuracy_mean", "accuracy_global", "test_accuracy")
 
 
 def mlflow_key(name: str) -> str:
@@ -149,7 +149,7 @@ def mlflow_key(name: str) -> str:
     """
     if name in ACCURACY_METRICS:
         return f"accuracy/{name}"
-    if name in METRIC_NAMES:
+    if name in FAIRNESS_NAMES:
         return f"fairness/{name}"
     return name
 

@@ -56,7 +56,7 @@ class Update(NamedTuple):
     round: int
     num_examples: int   # the client's training examples (checked against registration)
     loss: float         # mean local mini-batch loss
-    loss0: float        # loss of the global params on the first batch (q-FFL)
+    loss0: float        # F_k: global params' loss on the client's rows (q-FFL, AFL), else first batch
     steps: int          # local steps done
     delta: Any          # params tree: trained minus global
 

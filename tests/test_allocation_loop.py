@@ -50,7 +50,7 @@ def test_fairsynergy_spends_the_budget_without_recompiling(alpha):
     np.testing.assert_array_equal(local_steps, 5 * 5)    # K * local.steps, every round
     trained = np.asarray(state.alloc_state.trained)
     assert trained.sum() == 6 * 25
-    assert state.alloc_state.count.sum() == state.participation.sum()
+    assert state.alloc_state.count.sum() == state.ledger.participated.sum()
 
 
 def test_max_min_alpha_gives_the_worst_off_client_more_steps():

@@ -165,7 +165,7 @@ def _run(model, key, rounds):
 
 def test_traces_replays_matrix_round_robin_and_wraps():
     matrix = av.load_traces(TINY)
-    model = av.traces(num_clients=5, path=str(TINY), start=4)
+    model = av.traces(num_clients=5, path=str(TINY), start=4, assign="round_robin")
     series = np.asarray(jax.jit(lambda k: _run(model, k, 8))(jax.random.key(0)))
     rows = [(4 + r) % 6 for r in range(8)]
     expected = matrix[rows][:, [0, 1, 2, 0, 1]]
@@ -174,12 +174,16 @@ def test_traces_replays_matrix_round_robin_and_wraps():
 
 def test_traces_random_start_depends_on_key():
     matrix = np.eye(7, dtype=bool)
-    model = av.traces(num_clients=7, matrix=matrix, random_start=True)
-    starts = {int(model.init(jax.random.key(s)).start) for s in range(20)}
+    model = av.traces(num_clients=7, matrix=matrix)   # start="random" is the default
+    starts = set()
+    for s in range(20):
+        offset = np.asarray(model.init(jax.random.key(s)).offset)
+        assert (offset == offset[0]).all()   # identity: one start, the devices' timing kept
+        starts.add(int(offset[0]))
     assert len(starts) > 1 and all(0 <= s < 7 for s in starts)
     state = model.init(jax.random.key(3))
     _, a = model.step(state, None)
-    np.testing.assert_array_equal(a, matrix[int(state.start)])
+    np.testing.assert_array_equal(a, matrix[int(state.offset[0])])
 
 
 def test_bernoulli_frequencies_match_p():
@@ -226,7 +230,8 @@ def test_correlated_groups_from_shared_devices_fail_together():
     # 6 clients on 3 devices: clients k and k+3 replay the same trace, so they
     # correlate perfectly and form groups; device 2's column is constant.
     matrix = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]] * 5, bool)
-    model = av.correlated(num_clients=6, base="traces", base_params={"matrix": matrix.tolist()},
+    lockstep = {"matrix": matrix.tolist(), "assign": "round_robin", "start": 0}
+    model = av.correlated(num_clients=6, base="traces", base_params=lockstep,
                           threshold=0.35, p_group_drop=1.0, warmup=20)
     state = model.init(jax.random.key(0))
     # corr(device 0, device 1) = 0; a constant series correlates with nothing.
@@ -235,7 +240,7 @@ def test_correlated_groups_from_shared_devices_fail_together():
     _, a = model.step(state, jax.random.key(1))
     np.testing.assert_array_equal(a, [False, False, True, False, False, True])
 
-    shock = av.correlated(num_clients=6, base="traces", base_params={"matrix": matrix.tolist()},
+    shock = av.correlated(num_clients=6, base="traces", base_params=lockstep,
                           p_group_drop=0.3, warmup=20)
     series = np.asarray(_run(shock, jax.random.key(4), 4000))
     np.testing.assert_array_equal(series[:, :3], series[:, 3:])  # members drop together
@@ -294,8 +299,8 @@ def test_no_failures():
 
 
 @pytest.mark.parametrize("name, params", [
-    ("study", {}),
-    ("study", dict(latency_threshold=40.0, loss_threshold=1.0, latency_client_sigma=1.0,
+    ("latency_loss", {}),
+    ("latency_loss", dict(latency_threshold=40.0, loss_threshold=1.0, latency_client_sigma=1.0,
                    latency_round_sigma=1.0)),
     ("none", {}),
 ])
@@ -325,9 +330,9 @@ def test_failure_judge_slot_by_slot_on_draw_equals_fails(name, params):
         np.testing.assert_array_equal(drawn, latency)  # bitwise: the same normals
         np.testing.assert_array_equal(per_slot, failed)
         np.testing.assert_array_equal(whole, failed)
-        assert bool(failed[0]) == (name == "study")  # a NaN loss fails the study rule
+        assert bool(failed[0]) == (name == "latency_loss")  # a NaN loss fails the rule
         n_failed += int(failed.sum())
-    if name == "study":
+    if name == "latency_loss":
         assert n_failed > 12  # more than the NaN/inf slots: the verdicts are exercised
     else:
         assert n_failed == 0 and not np.asarray(drawn).any()
@@ -353,7 +358,10 @@ CONFIGS = {
     "always": {},
     "bernoulli": {"p": [0.1, 0.5, 0.9, 0.3, 0.7, 1.0]},
     "markov": {"p_drop": 0.2, "p_return": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
-    "traces": {"path": str(TINY), "slot_minutes": 30, "rule": "charging", "start": 2},
+    "traces": {"path": str(TINY), "slot_minutes": 30, "rule": "charging", "start": 2,
+               "assign": "round_robin"},
+    "minority_dropout": {"label_hist": [[3, 0], [0, 2], [1, 1], [4, 0], [0, 0], [2, 5]],
+                         "p": 0.7, "minority_classes": [1]},
     "correlated": {"base": "markov", "base_params": {"p_drop": 0.3, "p_return": 0.3},
                    "threshold": 0.35, "warmup": 16, "mode": "any"},
 }
@@ -361,7 +369,7 @@ CONFIGS = {
 
 def test_registry_covers_all_models():
     assert set(av.REGISTRY) == set(CONFIGS)
-    assert set(av.FAILURES) == {"none", "study"}
+    assert set(av.FAILURES) == {"none", "latency_loss"}
 
 
 def test_models_jit_and_vmap_equal_loop():
@@ -382,7 +390,7 @@ def test_models_jit_and_vmap_equal_loop():
 
 
 def test_failure_rule_jit_and_vmap_equal_loop():
-    rule = av.FAILURES["study"](num_clients=10)
+    rule = av.FAILURES["latency_loss"](num_clients=10)
 
     def one(key):
         k0, k1 = jax.random.split(key)
@@ -413,7 +421,15 @@ def test_failure_rule_jit_and_vmap_equal_loop():
     (av.correlated, dict(groups=[0, 1]), r"groups has 2 labels"),
     (av.traces, dict(), r"exactly one"),
     (av.traces, dict(matrix=[1, 0]), r"matrix has shape"),
-    (av.traces, dict(matrix=[[1], [0]], start=2), r"start=2"),
+    (av.traces, dict(matrix=[[1], [0]], start=2, assign="random"), r"start=2"),
+    (av.traces, dict(matrix=[[1], [0]], start="first", assign="random"), r"start='first'"),
+    (av.traces, dict(matrix=[[1, 0]], assign="identity"), r"assign='identity'.*num_clients=3"),
+    (av.traces, dict(matrix=[[1, 0, 1]], assign="shuffle"), r"assign='shuffle'"),
+    (av.minority_dropout, dict(), r"label_hist=None"),
+    (av.minority_dropout, dict(label_hist=[[1, 0]]), r"label_hist has shape \(1, 2\)"),
+    (av.minority_dropout, dict(label_hist=np.ones((3, 2)), factor=1.5), r"factor=1\.5"),
+    (av.minority_dropout, dict(label_hist=np.ones((3, 2)), minority_classes=[2]),
+     r"minority_classes=\[2\]"),
     (av.failure_rule, dict(latency_threshold=0.0), r"latency_threshold=0\.0"),
     (av.failure_rule, dict(latency_round_sigma=-1.0), r"latency_round_sigma=-1\.0"),
     (av.always, dict(num_clients=0), r"num_clients=0"),

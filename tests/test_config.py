@@ -39,6 +39,14 @@ def test_yaml_and_overrides_apply_and_the_dump_loads_back(tmp_path):
     ("aggregation.qq=1", "aggregation.qq"),
     ("partition.alpha=0", "partition.alpha"),
     ("local.steps=true", "local.steps"),
+    ("local.clip_norm=-1", "local.clip_norm"),
+    ("partition.split_test=0", "partition.split_test"),   # held_out needs held-out rows
+    ("eval.client_accuracy=per_client", "eval.client_accuracy"),
+    ("utility.name=accuracy", "utility.name"),
+    ("utility.kappa=-0.1", "utility.kappa"),
+    ("aggregation.name=horvitz_thompson", "aggregation.name"),  # needs selection cup
+    ("aggregation.num_clients=3", "aggregation.num_clients"),   # the simulation passes it
+    ("failure.name=study", "failure.name"),                     # renamed latency_loss
 ])
 def test_bad_keys_and_values_name_the_key(override, key):
     if key is None:
@@ -66,3 +74,14 @@ def test_missing_malformed_or_non_mapping_files_are_value_errors(tmp_path):
     (tmp_path / "sec.yaml").write_text("local: 3\n")
     with pytest.raises(ValueError, match="local"):
         config.load(tmp_path / "sec.yaml")
+
+
+def test_cup_study_keys_load():
+    cfg = config.load(None, overrides=(
+        "selection.name=cup", "aggregation.name=horvitz_thompson", "aggregation.normalise=true",
+        "eval.client_accuracy=label_set", "partition.split_test=0", "utility.surrogate=true",
+        "utility.name=loss_reduction", "local.clip_norm=5", "failure.name=latency_loss"))
+    assert cfg.aggregation.params == {"normalise": True, "clip": 100.0, "floor": 1e-12}
+    assert cfg.selection.params["scheduler"] == "reactive" and cfg.utility.surrogate
+    with pytest.raises(ValueError, match=r"eval\.clients"):
+        config.load(None, overrides=("eval.client_accuracy=labels", "eval.clients=3"))

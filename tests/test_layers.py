@@ -27,7 +27,7 @@ PACKAGES = {"fsjax": "fsjax", "serving": "fsjax.serving", "bench": "bench",
 PARTS = ("data", "partition", "models", "local", "engine", "backends", "aggregation",
          "evaluation", "availability", "selection", "allocation", "allocation_loop",
          "metrics", "clients", "callbacks", "files", "extras", "robust",
-         "fair_aggregation", "cup_metrics")
+         "fair_aggregation", "cup_metrics", "participation")
 WIRING = ("fsjax.simulation", "fsjax.config", "fsjax.runs", "fsjax.tracking",
           "fsjax.checkpoint", "fsjax.cli", "fsjax.serving")
 

@@ -59,14 +59,14 @@ def test_coefficient_of_variation():
         assert float(mt.coefficient_of_variation(x)) == pytest.approx(x.std() / x.mean(), rel=1e-5)
 
 
-def test_selection_gap():
+def test_participation_rate_gap():
     part = np.array([2, 5, 0, 9, 1])
     ever = np.array([True, True, False, False, True])
     rounds = 10
-    assert float(mt.selection_gap(part, rounds, ever)) == pytest.approx((5 - 1) / 10)
-    assert float(mt.selection_gap(part, rounds, np.ones(5, bool))) == pytest.approx(0.9)
-    assert float(mt.selection_gap(part, rounds, np.zeros(5, bool))) == 0.0
-    assert float(mt.selection_gap(np.full(4, 3), 6, np.ones(4, bool))) == 0.0
+    assert float(mt.participation_rate_gap(part, rounds, ever)) == pytest.approx((5 - 1) / 10)
+    assert float(mt.participation_rate_gap(part, rounds, np.ones(5, bool))) == pytest.approx(0.9)
+    assert float(mt.participation_rate_gap(part, rounds, np.zeros(5, bool))) == 0.0
+    assert float(mt.participation_rate_gap(np.full(4, 3), 6, np.ones(4, bool))) == 0.0
     np.testing.assert_allclose(mt.participation_rate(part, rounds), part / 10)
 
 
@@ -105,7 +105,7 @@ def _inputs(seed, c=20, num_labels=10):
     rng = np.random.default_rng(seed)
     return dict(
         accuracy=rng.uniform(0.2, 0.9, c).astype(np.float32),
-        cum_utility=rng.uniform(0, 5, c).astype(np.float32),
+        cum_accuracy=rng.uniform(0, 5, c).astype(np.float32),
         participation=rng.integers(0, 8, c).astype(np.int32),
         ever_available=rng.random(c) < 0.8,
         rounds=np.int32(10),
@@ -117,16 +117,15 @@ def _inputs(seed, c=20, num_labels=10):
 
 
 def _numpy_round_metrics(inp):
-    acc, util, part = inp["accuracy"], inp["cum_utility"], inp["participation"]
+    acc, util, part = inp["accuracy"], inp["cum_accuracy"], inp["participation"]
     rate = part / inp["rounds"]
     ever = inp["ever_available"]
     return {
         "accuracy_mean": acc.mean(),
         "accuracy_jain": np_jain(acc),
-        "utility_cv": util.std() / util.mean(),
-        "utility_jain": np_jain(util),
-        "selection_gap": rate[ever].max() - rate[ever].min(),
-        "participation_gini": np_gini(part),
+        "cum_accuracy_cv": util.std() / util.mean(),
+        "cum_accuracy_jain": np_jain(util),
+        "participation_rate_gap": rate[ever].max() - rate[ever].min(),
         "accuracy_variance": acc.var(),
         "label_kl": np_kl(inp["selected_label_counts"], inp["global_label_dist"]),
         "unseen_labels": float((inp["selected_label_counts"] == 0).sum()),
@@ -137,7 +136,7 @@ def _numpy_round_metrics(inp):
 def test_round_metrics_names_and_values():
     inp = _inputs(1)
     got = mt.round_metrics(**inp)
-    assert tuple(got) == mt.METRIC_NAMES and len(mt.METRIC_NAMES) == 10
+    assert tuple(got) == mt.METRIC_NAMES and len(mt.METRIC_NAMES) == 9
     want = _numpy_round_metrics(inp)
     for name in mt.METRIC_NAMES:
         assert got[name].shape == () and got[name].dtype == jnp.float32
@@ -146,12 +145,12 @@ def test_round_metrics_names_and_values():
 
 def test_round_metrics_of_identical_clients_are_perfectly_fair():
     c = 6
-    got = mt.round_metrics(accuracy=np.full(c, 0.6), cum_utility=np.full(c, 2.0),
+    got = mt.round_metrics(accuracy=np.full(c, 0.6), cum_accuracy=np.full(c, 2.0),
                            participation=np.full(c, 3), ever_available=np.ones(c, bool), rounds=5,
                            selected_label_counts=np.full(4, 5.0), global_label_dist=np.full(4, 0.25),
                            class_loss=np.full(4, 1.1))
-    expected = {"accuracy_mean": 0.6, "accuracy_jain": 1.0, "utility_cv": 0.0, "utility_jain": 1.0,
-                "selection_gap": 0.0, "participation_gini": 0.0, "accuracy_variance": 0.0,
+    expected = {"accuracy_mean": 0.6, "accuracy_jain": 1.0, "cum_accuracy_cv": 0.0,
+                "cum_accuracy_jain": 1.0, "participation_rate_gap": 0.0, "accuracy_variance": 0.0,
                 "label_kl": 0.0, "unseen_labels": 0.0, "class_loss_variance": 0.0}
     for name, v in expected.items():
         assert float(got[name]) == pytest.approx(v, abs=1e-6), name

@@ -153,3 +153,102 @@ def test_sample_rejects_bad_arguments(kwargs, field):
     args = dict(num_clients=5, examples_per_client=10) | kwargs
     with pytest.raises(ValueError, match=field):
         partition.sample(LABELS, **args)
+
+
+# ----------------------------------------------------------------- label_ring (REFERENCE B.4)
+
+RING_LABELS = np.random.default_rng(7).integers(0, 10, 3000)   # unsorted, uneven labels
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_label_ring_labels_by_hand(k):
+    shards = partition.label_ring(RING_LABELS, 23, labels_per_client=k, examples_per_client=0,
+                                  seed=0)
+    # Hand-written ring for k = 2: client 9 holds {9, 0}, client 10 holds {0, 1}, ...
+    if k == 2:
+        want = [{0, 1}, {1, 2}, {2, 3}, {3, 4}, {4, 5}, {5, 6}, {6, 7}, {7, 8}, {8, 9}, {9, 0}]
+        assert [set(RING_LABELS[i].tolist()) for i in shards.indices[:10]] == want
+        assert set(RING_LABELS[shards.indices[21]].tolist()) == {1, 2}
+    for i, idx in enumerate(shards.indices):
+        held = {(i + o) % 10 for o in range(k)}
+        # examples_per_client=0: every row of the client's labels, nothing else.
+        np.testing.assert_array_equal(idx, np.flatnonzero(np.isin(RING_LABELS, list(held))))
+
+
+def test_label_ring_sizes_and_rows():
+    shards = partition.label_ring(RING_LABELS, 30, labels_per_client=2, examples_per_client=100,
+                                  seed=3)
+    assert shards.num_clients == 30
+    np.testing.assert_array_equal(shards.sizes, 100)
+    for i, idx in enumerate(shards.indices):
+        assert len(np.unique(idx)) == 100                       # no row twice in a client
+        assert set(RING_LABELS[idx].tolist()) <= {i % 10, (i + 1) % 10}
+    # The ring overlaps: neighbours share a label, so rows may be shared between clients.
+    assert len(set(shards.indices[0]) & set(shards.indices[10])) > 0
+    hist = partition.label_histogram(shards, RING_LABELS, 10)
+    assert ((hist > 0).sum(1) <= 2).all() and (hist.sum(1) == 100).all()
+    # Fewer rows than asked for: the client keeps them all.
+    few = np.array([0, 0, 1, 2, 2, 2])
+    got = partition.label_ring(few, 3, labels_per_client=1, examples_per_client=100, seed=0)
+    assert [i.tolist() for i in got.indices] == [[0, 1], [2], [3, 4, 5]]
+
+
+def test_label_ring_is_a_seeded_shuffle_per_client():
+    a = partition.label_ring(RING_LABELS, 12, 2, 50, seed=5)
+    again = partition.label_ring(RING_LABELS, 12, 2, 50, seed=5)
+    assert all(np.array_equal(x, y) for x, y in zip(a.indices, again.indices))
+    # Client i's rows depend on (seed, i) only, not on the population size.
+    small = partition.label_ring(RING_LABELS, 3, 2, 50, seed=5)
+    assert all(np.array_equal(x, y) for x, y in zip(small.indices, a.indices))
+    # The reference: shuffle the rows of the client's labels (data-set order) with
+    # default_rng([seed, i]) and keep the first E.
+    for i in (0, 7, 11):
+        rows = np.flatnonzero(np.isin(RING_LABELS, [i % 10, (i + 1) % 10]))
+        want = np.sort(np.random.default_rng([5, i]).permutation(rows)[:50])
+        np.testing.assert_array_equal(a.indices[i], want)
+    # Clients 0 and 10 hold the same labels but draw different rows; another seed differs.
+    assert not np.array_equal(a.indices[0], a.indices[10])
+    other = partition.label_ring(RING_LABELS, 12, 2, 50, seed=6)
+    assert not any(np.array_equal(x, y) for x, y in zip(a.indices, other.indices))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(labels_per_client=0), "labels_per_client"),
+    (dict(labels_per_client=11), "labels_per_client"),
+    (dict(examples_per_client=-1), "examples_per_client"),
+    (dict(num_clients=0), "num_clients"),
+    (dict(seed=-1), "seed")])
+def test_label_ring_rejects_bad_arguments(kwargs, field):
+    args = dict(num_clients=5, labels_per_client=2, examples_per_client=10, seed=0) | kwargs
+    with pytest.raises(ValueError, match=field):
+        partition.label_ring(RING_LABELS, **args)
+
+
+def test_label_ring_through_prepare_holds_out_nothing():
+    """The study's setting: registered name, 100 rows per client, split_test 0."""
+    from fsjax import clients, config
+
+    ds = data.synthetic(10, 2000, 50, (4, 4, 1), seed=0)
+    sets = ("partition.name=label_ring", "partition.num_clients=13",
+            "partition.labels_per_client=2", "partition.examples_per_client=100",
+            "partition.split_test=0", "eval.client_accuracy=label_set")
+    try:
+        p = config.load(None, overrides=sets).partition
+    except (ValueError, TypeError):     # config not wired yet: the same fields by hand
+        import types
+        p = types.SimpleNamespace(name="label_ring", num_clients=13, labels_per_client=2,
+                                  examples_per_client=100, split_test=0.0,
+                                  max_test_per_client=0)
+    fd = clients.prepare(ds, p, seed=4)
+    np.testing.assert_array_equal(fd.n, 100)
+    np.testing.assert_array_equal(fd.n_test, 0)
+    shards = partition.label_ring(ds.y_train, 13, 2, 100, seed=4)
+    np.testing.assert_array_equal(fd.label_hist,
+                                  partition.label_histogram(shards, ds.y_train, 10))
+    held = np.asarray(fd.label_hist) > 0
+    for i in range(13):
+        assert set(np.flatnonzero(held[i]).tolist()) <= {i % 10, (i + 1) % 10}
+    x, y, n = fd.gather(np.array([12, 3]))
+    np.testing.assert_array_equal(np.sort(np.asarray(fd.rows(np.array([12]))[0][0])),
+                                  shards.indices[12])
+    assert x.shape[:2] == (2, 100) and (np.asarray(n) == 100).all()

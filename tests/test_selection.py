@@ -343,7 +343,7 @@ def _simulate(*strategies, seeds, rounds=200, c=40, k=4):
         carry = (model.init(k0), sel.init(hist), jnp.zeros(c, bool), k1)
         (_, s_state, ever, _), _ = jax.lax.scan(round_, carry, jnp.arange(rounds))
         return (mt.gini(s_state.participated),
-                mt.selection_gap(s_state.participated, rounds, ever),
+                mt.participation_rate_gap(s_state.participated, rounds, ever),
                 s_state.participated.sum())
 
     selectors = [sl.REGISTRY[name](**params) for name, params in strategies]

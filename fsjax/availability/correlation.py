@@ -103,8 +103,8 @@ def correlated(num_clients: int, base: str = "markov", base_params: dict | None 
     pairs above 0.35 (the sample correlation of independent series over 200
     rounds has standard deviation ~0.07), so the groups come from ``traces``
     (on the shipped traces, 60-minute slots, 0.35 links 28 of the 100 devices
-    into 8 groups; clients sharing a device when C > D always group) or from
-    explicit ``groups``.
+    into 8 groups; clients sharing a device in lockstep, ``assign="round_robin"``
+    with C > D, always group) or from explicit ``groups``.
 
     Args:
       num_clients: number of clients C.

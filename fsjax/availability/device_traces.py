@@ -6,13 +6,17 @@
   e.g. ``"charging_wifi"``) held for enough of it; ``return_info=True`` adds a
   :class:`TraceInfo`.
 - :func:`traces` is the availability model that replays such a matrix one slot
-  per round (:class:`TraceState`).
+  per round (:class:`TraceState`): each client replays one device (``assign``:
+  identity, or random devices and offsets for populations larger than the
+  file, :func:`assign_traces`) from a start slot that is random per run seed by
+  default (``start``). ``rule="study_events"`` replays the CUP study's
+  event-indexed vectors instead (:mod:`~fsjax.availability.study_events`).
 
 Example:
   >>> import jax
-  >>> m = traces(num_clients=3, matrix=[[True, False], [False, True]])
+  >>> m = traces(num_clients=2, matrix=[[True, False], [False, True]], start=1)
   >>> m.step(m.init(jax.random.key(0)), jax.random.key(1))[1].tolist()
-  [True, False, True]
+  [False, True]
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import numpy as np
 from fsjax.availability._checks import Array, check_num_clients, check_positive, jitted
 from fsjax.availability.models import Availability
 
-__all__ = ["TRACE_FLAGS", "TraceInfo", "TraceState", "load_traces", "traces"]
+__all__ = ["ASSIGN", "STUDY_EVENTS", "TRACE_FLAGS", "TraceInfo", "TraceState", "assign_traces",
+           "load_traces", "trace_step", "traces"]
 
 # Flags a rule can require; a rule is "_"-joined flag names, e.g. "charging_wifi".
 TRACE_FLAGS = ("charging", "wifi", "locked", "screenoff")
@@ -69,7 +74,8 @@ def _rule_flags(rule: str) -> tuple[str, ...]:
     parts = tuple(str(rule).lower().split("_")) if rule else ()
     if not parts or any(p not in TRACE_FLAGS for p in parts):
         raise ValueError(f"rule={rule!r}: expected '_'-joined flags from {TRACE_FLAGS}, "
-                         "e.g. 'charging_wifi' or 'charging_wifi_locked'")
+                         "e.g. 'charging_wifi' or 'charging_wifi_locked' (or, for traces(), "
+                         f"{STUDY_EVENTS!r}: the CUP study's one-line-per-round parsing)")
     return parts
 
 
@@ -166,6 +172,11 @@ def _slot_coverage(times: np.ndarray, ok: np.ndarray, edges: np.ndarray, wrap: b
     return np.diff(covered)
 
 
+def _sorted_ids(data: dict) -> list[str]:
+    """Device ids in matrix column order: numeric ids as numbers, then the rest."""
+    return sorted(data, key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+
+
 def _read_trace_json(path: str | os.PathLike) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -242,7 +253,7 @@ def load_traces(path: str | os.PathLike, slot_minutes: float = 60.0, rule: str =
     if not 0.0 <= cov <= 1.0:
         raise ValueError(f"min_coverage={min_coverage!r}: expected a fraction in [0, 1]")
     data = _read_trace_json(path)
-    ids = sorted(data, key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+    ids = _sorted_ids(data)
 
     parsed, bad_lines = [], {}
     for k in ids:
@@ -285,26 +296,74 @@ def _format_epoch(seconds: int) -> str:
 
 
 class TraceState(NamedTuple):
-    """State of :func:`traces`.
+    """State of :func:`traces`: O(C) integers, no copy of the matrix.
+
+    Client c is available in round r when ``matrix[(offset[c] + r) % T, device[c]]``.
 
     Attributes:
       t: i32[]  # rounds stepped so far
-      start: i32[]  # slot replayed in the first round
+      device: i32[C]  # matrix column (device) the client replays
+      offset: i32[C]  # slot the client replays in the first round
     """
 
     t: Array
-    start: Array
+    device: Array
+    offset: Array
+
+
+ASSIGN = ("auto", "identity", "random", "round_robin")
+STUDY_EVENTS = "study_events"
+
+
+def _check_start(start: Any, num_slots: int) -> int | None:
+    """``start`` as an int slot in [0, T), or None for ``"random"``."""
+    if isinstance(start, str) and start == "random":
+        return None
+    ok = not isinstance(start, bool) and isinstance(start, (int, np.integer))
+    if not (ok and 0 <= start < num_slots):
+        raise ValueError(f"start={start!r}: expected 'random' or an integer slot in "
+                         f"[0, {num_slots})")
+    return int(start)
+
+
+def _resolve_assign(assign: Any, num_clients: int, num_devices: int) -> str:
+    if assign not in ASSIGN:
+        raise ValueError(f"assign={assign!r}: expected one of {ASSIGN}")
+    if assign == "auto":
+        return "identity" if num_clients <= num_devices else "random"
+    if assign == "identity" and num_clients > num_devices:
+        raise ValueError(f"assign='identity' needs num_clients <= devices, got num_clients="
+                         f"{num_clients} and {num_devices} devices: use assign='random' "
+                         "(or 'auto') for populations larger than the trace file")
+    return assign
 
 
 def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: Any = None,
-           slot_minutes: float = 60.0, rule: str = "charging_wifi", start: int = 0,
-           random_start: bool = False, min_coverage: float = 0.5, wrap: bool = True,
-           skip_bad_lines: bool = False, download: str | bool = "never") -> Availability:
-    """Replays a device-trace availability matrix, one slot per round.
+           slot_minutes: float = 60.0, rule: str = "charging_wifi", start: int | str = "random",
+           assign: str = "auto", rounds: int | None = None, min_coverage: float = 0.5,
+           wrap: bool = True, skip_bad_lines: bool = False,
+           download: str | bool = "never") -> Availability:
+    """Replays a device-trace availability matrix ``bool[T, D]``, one slot per round.
 
-    Client k follows device ``k mod D`` (round-robin, so with C > D several
-    clients share a device's trace); round r replays slot ``(start + r) mod T``,
-    wrapping at the end of the matrix.
+    Client c replays column ``device[c]`` from slot ``offset[c]``: round r reads
+    ``matrix[(offset[c] + r) mod T, device[c]]`` (wrapping at the end). The
+    assignment (``assign``) and the offsets are drawn in ``init`` from its key,
+    so each run seed replays a different part of the traces:
+
+    - ``start``: ``"random"`` (default) draws one slot s uniformly in [0, T)
+      from the key; an int s is fixed (0 = replay from the first slot).
+    - ``assign="identity"``: client i replays device i, all from slot s (the
+      devices' mutual timing is kept; needs C <= D).
+    - ``assign="random"``: client c replays a device drawn uniformly from the
+      key, from its own offset ``(s + u_c) mod T``, ``u_c`` uniform: clients
+      sharing a device are out of step (:func:`assign_traces`); for C > D.
+    - ``assign="auto"`` (default): identity when C <= D, else random.
+    - ``assign="round_robin"``: client c replays device ``c mod D`` from slot s
+      (clients sharing a device move in lockstep; fsjax's behaviour before
+      ``assign`` existed).
+
+    The state is O(C) integers (:class:`TraceState`) and ``step`` is one
+    gather, vectorised over C.
 
     Args:
       num_clients: number of clients C.
@@ -314,10 +373,19 @@ def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: A
         (:mod:`~fsjax.availability.trace_fallback`) and, when nothing is found,
         returns the Markov model with the traces' rates (saying so in one line).
       matrix: instead of ``path``, a precomputed ``bool[T, D]``.
-      slot_minutes, rule, min_coverage, wrap, skip_bad_lines: see :func:`load_traces`.
-      start: slot of the first round, in [0, T).
-      random_start: draw the first slot uniformly in ``init`` instead (one start
-        for all clients, so the devices' mutual timing is kept).
+      slot_minutes, min_coverage, wrap, skip_bad_lines: see :func:`load_traces`.
+      rule: the time-slot rule of :func:`load_traces` (default
+        ``"charging_wifi"``), or ``"study_events"``: the CUP study's
+        event-indexed parsing (one event line = one round, the matrix of
+        :func:`~fsjax.availability.study_events.load_study_events` with
+        ``max(100, rounds)`` lines; use ``start=0`` and ``assign="identity"``
+        (the default for C <= D) to replay exactly what the study replays).
+      start: ``"random"`` or a slot in [0, T).
+      assign: ``"auto"``, ``"identity"``, ``"random"`` or ``"round_robin"``.
+      rounds: the run's rounds T, used by ``rule="study_events"`` only (the
+        study keeps ``max(100, T)`` lines per phone; None = 100 lines). With
+        ``start=0`` every T >= rounds replays the same bits, since the study
+        never wraps within a run.
       download: with ``path="auto"``: ``"auto"`` downloads the study's public
         trace file into the cache when online; ``"never"`` (default) does not.
 
@@ -326,13 +394,14 @@ def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: A
 
     Raises:
       ValueError: neither or both of ``path``/``matrix``, a matrix that is not
-        2-D, or ``start`` out of range.
+        2-D, ``start`` out of range, an unknown ``assign``, or
+        ``assign="identity"`` with more clients than devices.
 
     Example:
-      >>> m = traces(num_clients=3, matrix=[[True, False], [False, True]])
+      >>> m = traces(num_clients=2, matrix=[[True, False], [False, True]], start=0)
       >>> s = m.init(jax.random.key(0)); s, a = m.step(s, jax.random.key(1))
       >>> a.tolist()
-      [True, False, True]
+      [True, False]
     """
     c = check_num_clients(num_clients)
     if download not in ("auto", "never", True, False):
@@ -347,7 +416,10 @@ def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: A
     if (path is None) == (matrix is None):
         raise ValueError(f"path={path!r}, matrix={'given' if matrix is not None else None}: "
                          "expected exactly one of them")
-    if path is not None:
+    if path is not None and rule == STUDY_EVENTS:
+        from fsjax.availability.study_events import load_study_events, study_length
+        mat = load_study_events(path, study_length(rounds))
+    elif path is not None:
         mat = load_traces(path, slot_minutes, rule, min_coverage=min_coverage, wrap=wrap,
                           skip_bad_lines=skip_bad_lines)
     else:
@@ -356,22 +428,29 @@ def traces(num_clients: int, path: str | os.PathLike | None = None, *, matrix: A
             raise ValueError(f"matrix has shape {mat.shape}: expected bool[T, D] with T, D >= 1")
         mat = mat.astype(bool)
     num_slots, num_devices = mat.shape
-    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < num_slots:
-        raise ValueError(f"start={start!r}: expected an integer slot in [0, {num_slots})")
-    # Clients x slots, so a round is one dynamic row gather.
-    per_client = jnp.asarray(mat[:, np.arange(c) % num_devices])
+    fixed_start = _check_start(start, num_slots)
+    how = _resolve_assign(assign, c, num_devices)
+    table = jnp.asarray(mat)
 
     def init(key):
-        s = jax.random.randint(key, (), 0, num_slots) if random_start else jnp.asarray(start)
-        return TraceState(t=jnp.zeros((), jnp.int32), start=s.astype(jnp.int32))
+        k_start, k_assign = jax.random.split(key)
+        s = (jnp.asarray(fixed_start, jnp.int32) if fixed_start is not None
+             else jax.random.randint(k_start, (), 0, num_slots, jnp.int32))
+        if how == "random":
+            device, own = assign_traces(k_assign, c, num_devices, num_slots)
+            offset = (own + s) % num_slots
+        else:
+            idx = jnp.arange(c, dtype=jnp.int32)
+            device = idx if how == "identity" else idx % num_devices
+            offset = jnp.full((c,), s, jnp.int32)
+        return TraceState(t=jnp.zeros((), jnp.int32), device=device, offset=offset)
 
     def step(state, key):
         del key
-        row = (state.start + state.t) % num_slots
-        return TraceState(t=state.t + 1, start=state.start), per_client[row]
+        available = trace_step(table, state.device, state.offset, state.t)
+        return state._replace(t=state.t + 1), available
 
     return jitted(Availability, init, step)
-
 
 
 def assign_traces(key: jax.Array, num_clients: int, num_devices: int,

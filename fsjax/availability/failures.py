@@ -1,4 +1,4 @@
-"""Failures of selected clients: the study's rule and the trivial one.
+"""Failures of selected clients: fsjax's latency/packet-loss rule and the trivial one.
 
 A failure rule is a :class:`Failure` ``(init, draw, judge, fails)`` of pure
 functions, built from config as ``FAILURES[name](num_clients=C, **params)``:
@@ -11,9 +11,11 @@ functions, built from config as ``FAILURES[name](num_clients=C, **params)``:
 - ``fails(state, key, slots, losses) -> (failed: bool[K], latency: f32[K])``:
   ``judge(draw(state, key, slots), losses)`` and the latency, in one call.
 
-Rules: :func:`failure_rule` (the study's: latency above a threshold or loss at
-or above one) and :func:`no_failures`. :func:`make_failure` builds a
-:class:`Failure` from ``init``, ``draw`` and ``judge``.
+Rules: :func:`failure_rule` (``FAILURES["latency_loss"]``, fsjax's own option:
+latency above a threshold or loss at or above one, after the study's older
+physical-device code; the CUP study's live loop uses no failure rule,
+REFERENCE.md B.5) and :func:`no_failures` (``"none"``). :func:`make_failure`
+builds a :class:`Failure` from ``init``, ``draw`` and ``judge``.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -92,7 +94,10 @@ class LatencyState(NamedTuple):
 def failure_rule(num_clients: int, latency_threshold: float = 90.0, loss_threshold: float = 40.0,
                  *, latency_median: float = 30.0, latency_client_sigma: float = 0.5,
                  latency_round_sigma: float = 0.3) -> Failure:
-    """The study's rule: a selected client fails when it is too slow or diverged.
+    """fsjax's latency/loss rule: a selected client fails when it is too slow or diverged.
+
+    Registered as ``FAILURES["latency_loss"]`` (named ``"study"`` before the CUP
+    work; the CUP study's live loop has no failure rule).
 
     Client k fails in a round when its latency ``> latency_threshold`` or its
     local loss ``>= loss_threshold`` (a NaN loss also fails). Latency is
@@ -104,8 +109,8 @@ def failure_rule(num_clients: int, latency_threshold: float = 90.0, loss_thresho
 
     Args:
       num_clients: number of clients C.
-      latency_threshold: latency above which a client fails (study: 90), > 0.
-      loss_threshold: loss at or above which a client fails (study: 40), > 0.
+      latency_threshold: latency above which a client fails (the older rule: 90), > 0.
+      loss_threshold: loss at or above which a client fails (the older rule: 40), > 0.
       latency_median: median latency over clients, > 0.
       latency_client_sigma: spread of client medians (log scale), >= 0.
       latency_round_sigma: round-to-round spread (log scale), >= 0.

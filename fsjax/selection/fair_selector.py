@@ -1,4 +1,9 @@
-"""Fair-Select, fsjax's cumulative-utility-parity selector (REFERENCE.md section B).
+"""Fair-Select: fsjax's own greedy participation-fairness selector (not CUP).
+
+An older reading of the cumulative-utility-parity study; the CUP scheduler the
+study's paper evaluates is :func:`fsjax.selection.cup` (REFERENCE.md B.2).
+Fair-Select's deficit factor ``(1 + mu d_k)`` and label-coverage preference
+are fsjax's additions, which the study never had.
 
 Holds, in the order a round uses them:
 
@@ -84,12 +89,12 @@ def fair_select_scores(state: SelectorState, lam: float = 0.5, mu: float = 1.0) 
       ``d_k = (max V - V_k) / (max V - min V)`` (0 when all are equal). Clients
       behind in cumulative utility get up to ``1 + mu`` times the score,
       moving the population towards cumulative utility parity; ``mu = 0``
-      gives REFERENCE B's score exactly.
+      leaves ``(1 / pi_k)(1 + lam m_k)``, the older reading's score.
 
     Args:
       state: a :class:`SelectorState`.
-      lam: weight of missed rounds, >= 0 (study: 0.5).
-      mu: weight of the cumulative-utility deficit, >= 0.
+      lam: weight of missed rounds, >= 0 (default 0.5).
+      mu: weight of the cumulative-utility deficit, >= 0 (default 1; fsjax's).
 
     Returns:
       f32[C], all > 0.
@@ -140,7 +145,7 @@ def _greedy_cover(score: Array, labels: Array, available: Array, key: Array, k: 
 
 
 def fair_select(lam: float = 0.5, mu: float = 1.0, coverage: bool = True) -> Selector:
-    """Fair-Select (CUP): cumulative utility parity under intermittent availability.
+    """Fair-Select, fsjax's own variant (not the CUP scheduler: see :func:`~fsjax.selection.cup`).
 
     Scores every available client with :func:`fair_select_scores`
     ``(1/pi_k)(1 + lam m_k)(1 + mu d_k)`` and fills the K slots greedily by
@@ -155,9 +160,11 @@ def fair_select(lam: float = 0.5, mu: float = 1.0, coverage: bool = True) -> Sel
     utility (mean of label-similar clients, :func:`surrogate_utility`).
 
     Args:
-      lam: weight of missed rounds, >= 0 (study: 0.5).
-      mu: weight of the cumulative-utility deficit, >= 0 (0 = REFERENCE B's score).
-      coverage: prefer clients adding uncovered labels.
+      lam: weight of missed rounds m_k, >= 0 (default 0.5).
+      mu: weight of the cumulative-utility deficit d_k in [0, 1], >= 0 (default 1;
+        fsjax's addition; 0 drops the factor).
+      coverage: prefer clients adding labels this round does not cover yet
+        (fsjax's addition).
 
     Returns:
       A :class:`Selector`.
