@@ -81,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or INFO logs")
     run.add_argument("--run-name", help="MLflow run name (default: the --set values, then "
                      "the config name)")
+    run.add_argument("--distributed", action="store_true",
+                     help="one of several processes (jax.distributed): the round's client "
+                     "slots are split over every process's devices; process 0 writes the "
+                     "outputs (README: Several machines)")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: "
+                     "process 0's coordinator address (default $FSJAX_COORDINATOR, else "
+                     "detected from SLURM, Open MPI or Kubernetes)")
+    run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: "
+                     "processes in the run (default $FSJAX_NUM_PROCESSES, else detected)")
+    run.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this "
+                     "process's index, 0..N-1 (default $FSJAX_PROCESS_ID, else detected)")
 
     alloc = sub.add_parser("allocate", help="FairSynergy allocation for agents in a "
                            "JSON/YAML file")
@@ -189,18 +200,51 @@ def build_parser() -> argparse.ArgumentParser:
 def run_experiment(args, extra_callbacks=()):
     """Runs ``fsjax run`` from its parsed arguments; returns the History.
 
+    With ``--distributed`` this process joins the others first
+    (:func:`fsjax.distributed.initialize`); only process 0 creates the run
+    directory and writes outputs (the others return their History too).
+
     Raises:
       UsageError: bad arguments or config (exit code 2).
     """
+    distributed = getattr(args, "distributed", False)
+    primary = True
+    if distributed:
+        primary = _join_processes(args)
+    else:
+        given = [flag for flag, name in (("--coordinator", "coordinator"),
+                                         ("--num-processes", "num_processes"),
+                                         ("--process-id", "process_id"))
+                 if getattr(args, name, None) is not None]
+        if given:
+            raise UsageError(f"fsjax run: {', '.join(given)} only apply with --distributed")
     try:
         cfg, run_dir, resuming = runs.resolve_run_config(
-            args.config, args.overrides, resume=args.resume, output_dir=args.output_dir)
+            args.config, args.overrides, resume=args.resume, output_dir=args.output_dir,
+            new_dir=primary)
     except ValueError as err:
         raise UsageError(str(err)) from None
     return runs.run_in_dir(cfg, run_dir, resuming, tracking_uri=args.tracking_uri,
                            experiment=args.experiment, no_track=args.no_track,
-                           quiet=args.quiet, extra_callbacks=extra_callbacks,
-                           run_name=getattr(args, "run_name", None), overrides=args.overrides)
+                           quiet=args.quiet or not primary, extra_callbacks=extra_callbacks,
+                           run_name=getattr(args, "run_name", None), overrides=args.overrides,
+                           distributed=distributed)
+
+
+def _join_processes(args) -> bool:
+    """``--distributed``: jax.distributed.initialize; True in process 0."""
+    from fsjax import distributed  # noqa: PLC0415 - imports JAX, only for --distributed
+
+    try:
+        distributed.settings(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    primary = distributed.is_primary()
+    if not primary:   # one process speaks: the others only warn
+        logging.getLogger("fsjax").setLevel(max(logging.WARNING,
+                                                logging.getLogger("fsjax").level))
+    return primary
 
 
 # ----------------------------------------------------------------- dispatch

@@ -16,9 +16,10 @@ module maps it over the K selected client slots in one of four modes:
 With ``mesh`` (a :class:`jax.sharding.Mesh` with a ``"clients"`` axis) the
 slots are split over the mesh's devices with ``jax.shard_map`` and each device
 runs the chosen mode on its share; K must be a multiple of the device count
-(:func:`pad_slots` rounds it up). For several hosts, call
-``jax.distributed.initialize()`` in every process before building the mesh
-from ``jax.devices()``; the same code then spans all hosts' devices.
+(:func:`pad_slots` rounds it up). Over several processes or hosts
+(:mod:`fsjax.distributed`, ``fsjax run --distributed``) the mesh is built from
+``jax.devices()`` after ``jax.distributed.initialize()``: the same code then
+spans every process's devices, the ``psum`` included.
 
 Example:
   >>> res = train_clients(local_train, params, shards, steps, keys, mode="vmap")  # doctest: +SKIP

@@ -73,8 +73,8 @@ def new_run_dir(parent: str | Path, name: str) -> Path:
 
 def resolve_run_config(config_path: str | Path | None = None, overrides: Sequence[str] = (),
                        *, resume: str | Path | None = None,
-                       output_dir: str | Path | None = None
-                       ) -> tuple[config_lib.ExperimentConfig, Path, bool]:
+                       output_dir: str | Path | None = None, new_dir: bool = True
+                       ) -> tuple[config_lib.ExperimentConfig, Path | None, bool]:
     """What a run starts from: a config file, or the run directory it resumes.
 
     Args:
@@ -84,9 +84,12 @@ def resolve_run_config(config_path: str | Path | None = None, overrides: Sequenc
       resume: a run directory to continue (its ``config.yaml`` wins).
       output_dir: parent of a new run directory (default: the config's
         ``output_dir``); unused when resuming.
+      new_dir: create the new run directory; False gives ``run_dir`` None for
+        a new run (the processes other than 0 of a ``--distributed`` run).
 
     Returns:
-      ``(config, run_dir, resuming)``; a new ``run_dir`` is created.
+      ``(config, run_dir, resuming)``; a new ``run_dir`` is created (None
+      with ``new_dir=False``).
 
     Raises:
       UsageError: no config, not a run directory, or a config that differs.
@@ -107,16 +110,19 @@ def resolve_run_config(config_path: str | Path | None = None, overrides: Sequenc
     if not config_path:
         raise UsageError("fsjax run: a CONFIG file is required (or --resume RUN_DIR)")
     cfg = config_lib.load(config_path, overrides)
+    if not new_dir:
+        return cfg, None, False
     return cfg, new_run_dir(output_dir or cfg.output_dir, cfg.name), False
 
 
-def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: bool = False,
+def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path | None,
+               resuming: bool = False,
                *, tracking_uri: str | None = None, experiment: str | None = None,
                no_track: bool = False, quiet: bool = False,
                make_sim: Callable[[config_lib.ExperimentConfig], Any] | None = None,
                extra_callbacks: Sequence[Any] = (), run_name: str | None = None,
                overrides: Sequence[str] = (), tags: dict[str, str] | None = None,
-               description: str | None = None):
+               description: str | None = None, distributed: bool = False):
     """Runs ``cfg`` in ``run_dir`` with the progress bar, CSV, checkpoint and MLflow callbacks.
 
     Args:
@@ -138,6 +144,12 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
         default run name and the ``fsjax.overrides`` tag).
       tags: more MLflow run tags (a sweep passes ``mlflow.parentRunId``).
       description: the MLflow experiment's description when it has none.
+      distributed: one of the processes of a ``--distributed`` run
+        (:mod:`fsjax.distributed`, initialised already): the simulation's
+        client slots span every process's devices, and only process 0 writes
+        (``run_dir``, callbacks, MLflow, printing); the others step the same
+        rounds with no callbacks (their ``run_dir`` may be None unless
+        resuming, where they read its checkpoint: a shared file system).
 
     Returns:
       The run's :class:`fsjax.simulation.History` (``test_accuracy`` includes
@@ -148,6 +160,11 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
     # Imported here: the simulation pulls in JAX, which `fsjax --help` should not wait for.
     from fsjax import callbacks, checkpoint, extras, simulation, tracking
 
+    if distributed:
+        from fsjax import distributed as distributed_lib
+        if not distributed_lib.is_primary():
+            return _run_secondary(cfg, run_dir, resuming, make_sim)
+        make_sim = make_sim or distributed_lib.DistributedSimulation
     run_dir = Path(run_dir)
     if not no_track:
         extras.require("track", "MLflow tracking (off with --no-track)")
@@ -205,6 +222,26 @@ def run_in_dir(cfg: config_lib.ExperimentConfig, run_dir: str | Path, resuming: 
         print_summary(hist, run_dir, tracker.uri if tracker else None,
                       experiment_id=tracker.experiment_id if tracker else None)
     return hist
+
+
+def _run_secondary(cfg: config_lib.ExperimentConfig, run_dir: str | Path | None,
+                   resuming: bool, make_sim: Callable | None):
+    """A ``--distributed`` process other than 0: the same rounds, nothing written."""
+    import jax
+
+    from fsjax import checkpoint, distributed, simulation
+
+    path = Path(run_dir) / CHECKPOINT if resuming else None
+    if resuming:
+        from fsjax import resume as resume_lib
+        done = resume_lib.checkpoint_round(path)
+        if done is not None and done >= cfg.rounds:   # process 0 does nothing either
+            return None
+    sim = (make_sim or distributed.DistributedSimulation)(cfg)
+    state = history = None
+    if resuming:
+        state, history, _ = checkpoint.load(path, jax.eval_shape(sim.init))
+    return simulation.run(cfg, (), state=state, history=history, sim=sim)
 
 
 def _drop_if_no_round(run_dir: Path, resuming: bool) -> None:

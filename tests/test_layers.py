@@ -28,7 +28,7 @@ PARTS = ("data", "partition", "models", "local", "engine", "backends", "aggregat
          "evaluation", "availability", "selection", "allocation", "allocation_loop",
          "metrics", "clients", "callbacks", "files", "extras", "robust",
          "fair_aggregation", "cup_metrics", "participation")
-WIRING = ("fsjax.simulation", "fsjax.config", "fsjax.runs", "fsjax.tracking",
+WIRING = ("fsjax.simulation", "fsjax.config", "fsjax.runs", "fsjax.tracking", "fsjax.distributed",
           "fsjax.checkpoint", "fsjax.cli", "fsjax.serving")
 
 # (importer prefixes, importer exceptions, forbidden import prefixes, why)

@@ -124,9 +124,12 @@ def test_no_track_run_writes_figures_and_csvs(tmp_path):
     np.testing.assert_allclose([float(r["accuracy"]) for r in rows], hist.clients["accuracy"])
     sel = [int(r["selected"]) for r in rows]
     assert sum(sel) <= 3 * 2 and all(int(r["participation"]) <= s for r, s in zip(rows, sel))
-    est = [float(r["availability_estimate"]) for r in rows]
-    assert all(0 < e < 1 for e in est)
-    assert np.mean([float(r["utility_normalised"]) for r in rows]) == pytest.approx(1.0)
+    rounds = len(hist.metrics["accuracy_mean"])
+    pi = np.array([float(r["availability"]) for r in rows])
+    np.testing.assert_allclose(pi, [int(r["available"]) / rounds for r in rows])
+    assert [int(r["debt"]) for r in rows] == [rounds - int(r["participation"]) for r in rows]
+    u = np.array([float(r["utility"]) for r in rows])
+    np.testing.assert_allclose([float(r["normalised_utility"]) for r in rows], u / pi, rtol=1e-6)
     assert (run_dir / "final_metrics.csv").is_file()
 
 
