@@ -268,7 +268,8 @@ class Simulation:
                  jnp.concatenate([sel.probs.astype(jnp.float32), jnp.zeros(pad, jnp.float32)]))
         steps = self.allocator.steps(state.alloc_state, slots, valid,
                                      jax.random.fold_in(key_r, 0xA110C))
-        keys = jax.random.split(k_train, self.num_clients)[slots]
+        # Client c trains with fold_in(k_train, c): O(K), whatever the population.
+        keys = jax.vmap(lambda c: jax.random.fold_in(k_train, c))(slots)
         plan = RoundPlan(available, slots, valid, intent, probs, steps, keys, k_fail,
                          self.failure.draw(state.fail_state, k_fail, slots))
         shards = local.Shard(*fd.gather(slots))   # only the K selected clients' rows
