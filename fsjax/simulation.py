@@ -368,8 +368,8 @@ class Simulation:
             local_loss=local_loss, budget=jnp.int32(self.num_slots)))
         alloc_state = self.allocator.update(state.alloc_state, slots, ok, plan.steps,
                                             ev.accuracy, ev.loss)
-        selected_counts = jnp.sum(fd.label_hist * selection.slot_mask(slots, valid, C)[:, None],
-                                  axis=0)
+        # Valid slots name distinct clients: O(K L), not O(C L).
+        selected_counts = jnp.sum(fd.label_hist[slots] * valid[:, None], axis=0)
         metrics = metrics_lib.round_metrics(
             accuracy=ev.accuracy, cum_accuracy=ledger.cum_accuracy,
             participation=ledger.participated, ever_available=ledger.available > 0, rounds=rnd,

@@ -87,16 +87,20 @@ def test_water_filling_random_weights_match_reference():
 # ------------------------------------------------------------------ dependent rounding
 
 
+SAMPLERS = {"pivotal": cs.dependent_rounding, "systematic": cs.systematic_sampling}
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 @pytest.mark.parametrize("q", [
     [1.0, 2 / 3, 1 / 3],
     [0.1, 0.9, 0.5, 0.5, 0.0, 1.0, 0.25, 0.75],
     [0.3, 0.3, 0.4, 0.2, 0.8],
 ])
-def test_dependent_rounding_exact_size_and_marginals(q):
+def test_dependent_rounding_exact_size_and_marginals(q, sampler):
     q = np.asarray(q, np.float32)
     n = 20_000
     keys = jax.random.split(jax.random.key(7), n)
-    draws = np.asarray(jax.jit(jax.vmap(sl.dependent_rounding, in_axes=(0, None)))(keys, q))
+    draws = np.asarray(jax.jit(jax.vmap(SAMPLERS[sampler], in_axes=(0, None)))(keys, q))
     assert (draws.sum(axis=1) == round(q.sum())).all()
     freq = draws.mean(axis=0)
     se = np.sqrt(q * (1 - q) / n)
@@ -105,10 +109,11 @@ def test_dependent_rounding_exact_size_and_marginals(q):
     assert draws[:, q == 1.0].all() and not draws[:, q == 0.0].any()
 
 
-def test_dependent_rounding_after_water_filling_always_exact_size():
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_dependent_rounding_after_water_filling_always_exact_size(sampler):
     rng = np.random.default_rng(3)
     fill = jax.jit(sl.inclusion_probabilities, static_argnums=2)
-    rnd = jax.jit(sl.dependent_rounding)
+    rnd = jax.jit(SAMPLERS[sampler])
     c = 120
     for trial in range(40):
         avail = rng.random(c) < rng.uniform(0.0, 0.3)
@@ -116,6 +121,113 @@ def test_dependent_rounding_after_water_filling_always_exact_size():
         q = fill(jnp.asarray(w), jnp.asarray(avail), 10)
         chosen = np.asarray(rnd(jax.random.key(trial), q))
         assert chosen.sum() == min(10, avail.sum()) and avail[chosen].all(), trial
+
+
+def test_systematic_exact_size_on_many_random_and_near_integral_q():
+    """Size == round(sum q) on every draw: water-filled q (float sums off by ~1e-6),
+    q with entries within 1e-7 of 0 or 1, exact halves, and a single fractional pair."""
+    rng = np.random.default_rng(11)
+    fill = jax.jit(sl.inclusion_probabilities, static_argnums=2)
+    many = jax.jit(jax.vmap(cs.systematic_sampling, in_axes=(0, None)))
+    cases = []
+    for c, m in ((7, 3), (50, 5), (1000, 50), (5000, 400)):
+        for _ in range(6):
+            w = rng.lognormal(0, rng.uniform(0.1, 3), c).astype(np.float32)
+            avail = rng.random(c) < rng.uniform(0.05, 1.0)
+            cases.append(np.asarray(fill(jnp.asarray(w), jnp.asarray(avail), m)))
+    cases += [np.array([1 - 1e-7, 1e-7, 0.5, 0.5, 1.0, 0.0], np.float32),
+              np.array([1 - 3e-6, 3e-6, 0.5, 0.5], np.float32),
+              np.full(4096, 1 / 4096, np.float32),
+              np.full(1000, 0.05, np.float32),                 # sum 50 only up to f32 rounding
+              np.r_[np.full(999, 1e-7), 1 - 999e-7].astype(np.float32),
+              np.ones(5, np.float32), np.zeros(5, np.float32),
+              # sums far from an integer (not what water-filling gives): still round(sum q)
+              np.full(3, 0.5, np.float32), np.full(3, 0.3, np.float32),
+              np.array([0.9, 0.9, 0.45], np.float32)]
+    for i, q in enumerate(cases):
+        draws = np.asarray(many(jax.random.split(jax.random.key(i), 200), jnp.asarray(q)))
+        want = round(float(np.sum(q.astype(np.float64))))
+        assert (draws.sum(axis=1) == want).all(), (i, want, np.unique(draws.sum(axis=1)))
+        assert not draws[:, q <= 0].any() and draws[:, q >= 1].all()
+
+
+def test_systematic_fixed_point_marginals_exact_to_1e6_relative():
+    """Given its random key, a client's chance is exactly Q_k / 2^32 (the start is a
+    uniform u32); averaged over keys Q_k / 2^32 must equal q_k n / sum q to ~1e-6."""
+    c = 3000
+    rng = np.random.default_rng(5)
+    w = rng.lognormal(0, 2, c).astype(np.float32)
+    q = sl.inclusion_probabilities(jnp.asarray(w), jnp.asarray(rng.random(c) < 0.7), 40)
+    frac = (q > 0) & (q < 1 - 1e-6)
+
+    @jax.jit
+    def fixed(key):
+        keys = jax.random.bits(key, (6,), jnp.uint32)
+        pos, _ = cs._random_positions(keys, c)
+        big = cs._fixed_point_q(q, frac, pos, keys)
+        return big, jnp.sum(big, dtype=jnp.uint32)
+
+    bigs, sums = jax.vmap(fixed)(jax.random.split(jax.random.key(0), 400))
+    assert (np.asarray(sums) == 0).all()            # an exact multiple of 2^32 every time
+    got = np.asarray(bigs, np.float64).mean(axis=0) / 2.0 ** 32
+    qd = np.asarray(q, np.float64)
+    f = np.asarray(frac)
+    want = qd[f] * round(qd[f].sum()) / qd[f].sum()
+    # per key, every Q_k is q_k 2^32 up or down by < 1 unit plus its share of R
+    np.testing.assert_allclose(got[f], want, rtol=1e-6, atol=2.0 ** -32)
+    assert (got[~f] == 0).all()
+
+
+def test_systematic_positions_are_a_permutation_and_change_with_the_key():
+    for c in (1, 2, 3, 1000, 4097):
+        a, bits = cs._random_positions(jax.random.bits(jax.random.key(0), (6,), jnp.uint32), c)
+        b, _ = cs._random_positions(jax.random.bits(jax.random.key(1), (6,), jnp.uint32), c)
+        a, b = np.asarray(a), np.asarray(b)
+        assert len(set(a.tolist())) == c and a.max() < 2 ** bits and 2 ** bits < 2 * max(c, 2)
+        assert c < 1000 or (a != b).mean() > 0.99
+
+
+def test_systematic_marginals_with_tiny_q_and_random_order():
+    """Many small q (C = 2000, K = 20): frequencies within 4 SE over 20,000 draws, and
+    index-neighbours are not anti-correlated (the order is random, not by index)."""
+    c, k, n = 2000, 20, 20_000
+    rng = np.random.default_rng(2)
+    q = sl.inclusion_probabilities(jnp.asarray(rng.lognormal(0, 1, c), jnp.float32),
+                                   jnp.ones(c, bool), k)
+    draws = np.asarray(jax.jit(jax.vmap(cs.systematic_sampling, in_axes=(0, None)))(
+        jax.random.split(jax.random.key(3), n), q))
+    assert (draws.sum(axis=1) == k).all()
+    qd = np.asarray(q, np.float64)
+    freq = draws.mean(axis=0)
+    se = np.sqrt(qd * (1 - qd) / n)
+    assert (np.abs(freq - qd) <= 4 * se + 1e-9).mean() > 0.999   # 4 SE: ~0.006 % outside
+    # equal q = 1/2 in index order would make 2i and 2i+1 exclusive; a random order does not
+    half = np.asarray(jax.jit(jax.vmap(cs.systematic_sampling, in_axes=(0, None)))(
+        jax.random.split(jax.random.key(4), 4000), jnp.full(64, 0.5)))
+    both = (half[:, 0::2] & half[:, 1::2]).mean()
+    assert 0.2 < both < 0.3                              # ~ 1/4 x 32/31
+
+
+def test_systematic_size_at_a_million_clients():
+    c = 10**6
+    rng = np.random.default_rng(0)
+    avail = jnp.asarray(rng.random(c) < 0.75)
+    w = jnp.asarray(rng.lognormal(0, 1.5, c), jnp.float32)
+    for k in (50, 1000):
+        q = sl.inclusion_probabilities(w, avail, k)
+        for seed in range(3):
+            chosen = np.asarray(cs.systematic_sampling(jax.random.key(seed), q))
+            assert chosen.sum() == k and np.asarray(avail)[chosen].all()
+
+
+def test_first_true_equals_nonzero():
+    rng = np.random.default_rng(0)
+    for c, k in ((10, 3), (1000, 50), (1000, 1000)):
+        mask = jnp.asarray(rng.random(c) < 0.1)
+        n = int(mask.sum())
+        got = np.asarray(cs.first_true(mask, k))
+        want = np.asarray(jnp.nonzero(mask, size=k)[0])
+        np.testing.assert_array_equal(got[:min(n, k)], want[:min(n, k)])
 
 
 # ------------------------------------------------------------------ CUP
@@ -177,8 +289,9 @@ def test_cup_four_round_hand_example():
     np.testing.assert_allclose(st2.utility, [0.8, -0.25, 0.0], atol=1e-6)
 
 
-def test_cup_select_uses_water_filled_scores_and_returns_probs():
-    sel = sl.cup(lam=0.1)
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_cup_select_uses_water_filled_scores_and_returns_probs(sampler):
+    sel = sl.cup(lam=0.1, sampler=sampler)
     st = sel.init(jnp.ones((5, 2)))
     base = st.base._replace(rounds=jnp.int32(4), available=jnp.array([4, 1, 0, 2, 4]),
                             participated=jnp.array([2, 0, 0, 1, 4]))
@@ -209,13 +322,14 @@ def test_cup_oracle_maxmin_and_few_available():
     np.testing.assert_array_equal(out.probs[1:], 0)
 
 
-SELECTORS = {"cup": {}, "cup_oracle": {"scheduler": "oracle_maxmin"}, "uniform_available": {},
+SELECTORS = {"cup": {}, "cup_oracle": {"scheduler": "oracle_maxmin"},
+             "cup_systematic": {"sampler": "systematic"}, "uniform_available": {},
              "fairfedcs": {"m": 3}, "least_selected": {}, "inverse_availability": {},
              "estimated_availability": {}, "round_robin": {}}
 
 
 def _make(name):
-    return sl.REGISTRY["cup" if name == "cup_oracle" else name](**SELECTORS[name])
+    return sl.REGISTRY["cup" if name.startswith("cup") else name](**SELECTORS[name])
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
@@ -346,6 +460,7 @@ def test_new_selectors_jit_vmap_equal_loop():
     (sl.cup, dict(eps=0), r"eps=0: expected a finite number > 0"),
     (sl.cup, dict(clip=math.inf), r"clip=inf"),
     (sl.cup, dict(scheduler="greedy"), r"scheduler='greedy': expected one of"),
+    (sl.cup, dict(sampler="poisson"), r"sampler='poisson': expected one of"),
     (sl.fairfedcs, dict(rho=1.5), r"rho=1\.5: expected a finite number >= 0 and <= 1"),
     (sl.fairfedcs, dict(m=0), r"m=0: expected None or an integer budget >= 1"),
 ])

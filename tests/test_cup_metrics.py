@@ -118,3 +118,78 @@ def test_jit_vmap_equals_loop():
 def test_normalised_utility_undefined_where_never_available():
     x = np.asarray(cm.normalised_utility(jnp.array([0.3, 0.3]), jnp.array([3, 0]), 6))
     assert x[0] == pytest.approx(0.6) and np.isnan(x[1])
+
+
+def _gini_reference(p):
+    p = np.asarray(p, np.float64)
+    return np.abs(p[:, None] - p[None, :]).sum() / (2 * p.size * p.sum()) if p.sum() else 0.0
+
+
+def test_count_gini_equals_pairwise_reference_and_sorted_formula():
+    """Histogram path (span < bins), sort fallback (span >= bins), floats: all equal."""
+    rng = np.random.default_rng(4)
+    gini = jax.jit(cm.count_gini, static_argnums=1)
+    for trial in range(30):
+        n = (1, 13, 400)[trial % 3]                           # few shapes: few compilations
+        span = int(rng.choice([1, 3, 50, 2000, 100_000]))
+        p = rng.integers(0, span + 1, n) + int(rng.integers(0, 5))
+        if trial % 7 == 0:
+            p[:] = 0 if trial % 2 else 5                      # all equal (incl. all zero)
+        want = _gini_reference(p)
+        for bins in (16, cm.GINI_BINS):
+            got = float(gini(jnp.asarray(p, jnp.int32), bins))
+            assert got == pytest.approx(want, rel=2e-6, abs=1e-7), (trial, span, bins)
+        assert float(cm._gini(jnp.asarray(p, jnp.float32))) == pytest.approx(want, rel=1e-5,
+                                                                             abs=1e-6)
+        assert float(cm.count_gini(jnp.asarray(p, jnp.float32))) == pytest.approx(
+            want, rel=1e-5, abs=1e-6)
+
+
+def test_count_gini_many_clients_is_accurate():
+    """10^5 counts in f32: the pair sum has no cancellation (small Gini, many ties)."""
+    rng = np.random.default_rng(0)
+    p = rng.poisson(40, 100_000)
+    want = _gini_numpy_sorted(p)
+    assert float(cm.count_gini(jnp.asarray(p, jnp.int32))) == pytest.approx(want, rel=1e-5)
+
+
+def _gini_numpy_sorted(p):
+    s = np.sort(np.asarray(p, np.float64))
+    n = s.size
+    return (2 * np.arange(1, n + 1) - n - 1) @ s / (n * s.sum())
+
+
+def test_smallest_mean_equals_sorted_mean():
+    rng = np.random.default_rng(6)
+    f = jax.jit(cm.smallest_mean, static_argnums=1)
+    for trial in range(24):
+        n = (1, 9, 300)[trial % 3]
+        kind = (trial // 3) % 4
+        x = {0: rng.normal(0, 1, n), 1: rng.integers(-3, 3, n).astype(float),   # many ties
+             2: rng.lognormal(0, 5, n) * rng.choice([-1, 1], n),                 # wide range
+             3: np.zeros(n)}[kind].astype(np.float32)
+        if kind == 3 and n > 2:
+            x[: n // 2] = -0.0                                                    # -0 vs +0
+        for k in {1, max(1, math.ceil(0.1 * n)), n}:
+            want = np.sort(x.astype(np.float64))[:k].mean()
+            got = float(f(jnp.asarray(x), k))
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-6 * (1 + float(np.abs(x).max()))), \
+                (trial, k)
+
+
+def test_metrics_equal_the_sorting_formulas_on_random_inputs():
+    """cup_metrics' sort-free gini and worst10 equal the sorted ones (the formulas it had)."""
+    rng = np.random.default_rng(8)
+    for trial in range(8):
+        n, t = (10, 3000)[trial % 2], int(rng.integers(1, 60))
+        a = rng.integers(0, t + 1, n)
+        p = np.minimum(a, rng.integers(0, t + 1, n))
+        u = rng.normal(0.2, 0.5, n).astype(np.float32)
+        out = metrics.cup_metrics(jnp.asarray(p), jnp.asarray(a), jnp.asarray(p),
+                                  jnp.asarray(u), 5, t)
+        x = np.asarray(cm.normalised_utility(jnp.asarray(u), jnp.asarray(a), t))
+        xz = np.where(np.isnan(x), 0.0, x)
+        old_worst = float(jnp.mean(jnp.sort(jnp.asarray(xz, jnp.float32))[:math.ceil(0.1 * n)]))
+        old_gini = float(cm._gini(jnp.asarray(p, jnp.float32)))
+        assert float(out["worst10_utility"]) == pytest.approx(old_worst, rel=1e-5, abs=1e-6)
+        assert float(out["participation_gini"]) == pytest.approx(old_gini, rel=1e-5, abs=1e-6)

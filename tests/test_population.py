@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fsjax import config, evaluation, simulation
 from tests.compile_count import count_compilations
@@ -95,3 +96,25 @@ def test_trace_assignment_is_deterministic_and_matches_a_loop():
         got = np.asarray(dt.trace_step(jnp.asarray(mat), dev, off, t))
         want = [mat[(int(o) + t) % 7, int(d)] for d, o in zip(dev, off)]
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow   # ~60 s on 2 loaded cores: the part timer compiles ~15 programs
+def test_cup_systematic_population_round_and_bench_parts():
+    """The population benchmark's round (CUP, systematic sampler, Markov availability) runs,
+    compiles once, picks exactly K available clients, and its part timer covers every part."""
+    from bench import population as bp
+
+    sets = bp.overrides(bp.QUICK["mlp"], 3000, 20) + ["selection.clients_per_round=7"]
+    cfg = config.load(None, overrides=tuple(sets))
+    assert cfg.selection.name == "cup" and cfg.selection.params["sampler"] == "systematic"
+    sim = simulation.Simulation(cfg)
+    state, m = sim.step(sim.init())
+    with count_compilations() as compiled:
+        for _ in range(2):
+            state, m = sim.step(state)
+        jax.block_until_ready(state)
+    assert compiled == [] and int(state.round) == 3
+    assert float(m["selected"]) == min(7, float(m["available"]))
+    assert 0.0 <= float(m["participation_gini"]) <= 1.0
+    parts = bp.measure_parts(sim, state, repeats=1)
+    assert set(parts) == set(bp.PART_NAMES) and all(v > 0 for v in parts.values())

@@ -36,8 +36,10 @@ Layout (every public name is re-exported here, so ``fsjax.selection.X`` works):
 - :mod:`~fsjax.selection.fair_selector`: Fair-Select (:func:`surrogate_utility`,
   :func:`fair_select_scores`, the greedy label cover, :func:`fair_select`).
 - :mod:`~fsjax.selection.cup_scheduler`: CUP (:func:`inclusion_probabilities`,
-  :func:`dependent_rounding`, :func:`cup_scores`, :func:`oracle_maxmin_scores`,
-  :class:`CupState`, :func:`cup`).
+  :func:`dependent_rounding` (the study's pivotal sampler, the default) and
+  :func:`systematic_sampling` (O(C) parallel, exact size and marginals;
+  ``cup(sampler="systematic")``), :func:`cup_scores`,
+  :func:`oracle_maxmin_scores`, :class:`CupState`, :func:`cup`).
 - :mod:`~fsjax.selection.population_baselines`: the CUP study's baselines.
 
 A new strategy is one factory (in its own module, or in ``baselines`` if it is
@@ -63,8 +65,10 @@ from fsjax.selection.baselines import aw_psp, full, power_of_choice, random
 from fsjax.selection.core import (Array, Feedback, Selection, Selector, SelectorState,
                                   availability_estimate, init_state, make_feedback, round_slots,
                                   selection_mask, slot_mask, update_state)
-from fsjax.selection.cup_scheduler import (CupState, cup, cup_scores, dependent_rounding,
-                                           inclusion_probabilities, oracle_maxmin_scores)
+from fsjax.selection.cup_scheduler import (SAMPLERS, CupState, cup, cup_scores,
+                                           dependent_rounding, first_true,
+                                           inclusion_probabilities, oracle_maxmin_scores,
+                                           systematic_sampling)
 from fsjax.selection.fair_selector import fair_select, fair_select_scores, surrogate_utility
 from fsjax.selection.population_baselines import (estimated_availability, fairfedcs,
                                                   fedavg_random, inverse_availability,
@@ -96,4 +100,5 @@ __all__ = [
     "CupState", "cup", "cup_scores", "dependent_rounding", "estimated_availability", "fairfedcs",
     "fedavg_random", "inclusion_probabilities", "inverse_availability", "least_selected",
     "oracle_maxmin_scores", "round_robin", "uniform_available",
+    "SAMPLERS", "first_true", "systematic_sampling",
 ]
