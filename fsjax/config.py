@@ -20,7 +20,7 @@ Example:
   >>> load(None, overrides=("local.lrr=0.1",))  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  ValueError: unknown config key 'local.lrr'; expected one of ['local.batch_size', 'local.lr', ...]
+  ValueError: unknown config key 'local.lrr'; expected one of ['local.batch_size', 'local.clip_norm', ...]
 """
 
 from __future__ import annotations

@@ -61,7 +61,9 @@ PUBLIC = ("REGISTRY", "Array", "Selection", "Feedback", "SelectorState", "Select
           "surrogate_utility", "fair_select_scores", "fair_select",
           # issue 16
           "CupState", "cup_scores", "dependent_rounding", "inclusion_probabilities",
-          "oracle_maxmin_scores", *CUP_CONFIGS)
+          "oracle_maxmin_scores", *CUP_CONFIGS,
+          # issue 19: the O(C) parallel sampler
+          "SAMPLERS", "first_true", "systematic_sampling")
 
 
 def test_package_reexports_every_public_name_and_registry_names_its_factories():

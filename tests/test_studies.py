@@ -1,46 +1,39 @@
-"""The study drivers end to end in their --quick form (slow: minutes)."""
+"""The study drivers end to end in their --quick form (slow: minutes), and
+the shared helpers of experiments/study.py (the CUP study's are in test_cup_study.py)."""
 
 import json
 
 import pytest
 
-from fsjax import metrics
-
 
 @pytest.mark.slow
-def test_cpp_study_quick_writes_every_strategy_and_metric(tmp_path):
-    from experiments import cpp_study
-    out = tmp_path / "cpp"
-    assert cpp_study.main(["--quick", "--out", str(out),
-                           "--tracking-uri", f"sqlite:///{tmp_path}/mlruns.db"]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert set(results) == set(cpp_study.VARIANTS)
-    table = (out / "table.md").read_text()
-    for variant, arms in results.items():
-        assert set(arms) == set(cpp_study.STRATEGIES)
-        for name, runs in arms.items():
-            assert name in table
-            for metric in metrics.METRIC_NAMES:
-                assert len(runs[0]["metrics"][metric]) == 4, (variant, name, metric)
-    for metric in metrics.METRIC_NAMES:
-        assert (out / "figures" / f"cpp_{metric}.png").stat().st_size > 1000
-        assert metric in table
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
-    exp = client.get_experiment_by_name("cpp_study_quick")
-    every = client.search_runs([exp.experiment_id])
-    (parent,) = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
-    runs = [r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 10 and {r.info.status for r in every} == {"FINISHED"}
-    assert {r.data.tags["arm"] for r in runs} == set(cpp_study.STRATEGIES)
-    assert {r.data.tags["variant"] for r in runs} == set(cpp_study.VARIANTS)
-    assert (out / "summary.md").is_file()                      # the sweep's summary over seeds
-    # The report redone from results.json, without training: same tables.
-    (out / "table.md").unlink()
-    assert cpp_study.main(["--quick", "--out", str(out), "--tracking-uri", "none",
-                           "--from-results", str(out / "results.json")]) == 0
-    redone = (out / "table.md").read_text()
-    assert redone.split("\n\n", 1)[1] == table.split("\n\n", 1)[1]   # all but the time
+def test_run_grid_seed_major_runs_whole_seeds_first_and_reads_client_counts(tmp_path):
+    from experiments import study
+    lines = []
+    arms = {"random": ["selection.name=random"], "full": ["selection.name=full"]}
+    results = study.run_grid(study.REPO / "experiments" / "quick.yaml", arms, {"v": []},
+                             [0, 1, 2], out=tmp_path / "grid", experiment="x",
+                             tracking_uri="none", extra=["rounds=2"], log=lines.append,
+                             metrics=["accuracy_mean"], seed_major=True)
+    started = [ln.split("start", 1)[1].strip() for ln in lines if "] start" in ln]
+    # Every arm of seed 0, then of seed 1, then of seed 2: one sweep per seed.
+    assert started == ["arm=random", "arm=full"] * 3
+    assert {a: sorted(r["seed"] for r in runs) for a, runs in results["v"].items()} == \
+        {"random": [0, 1, 2], "full": [0, 1, 2]}
+    for seed in (0, 1, 2):
+        spec = json.loads((tmp_path / "grid" / f"seed{seed}" / "sweep.json").read_text())
+        assert [c["seed"] for c in spec["children"]] == [seed, seed]
+    # Again: everything is found finished, nothing runs.
+    lines.clear()
+    again = study.run_grid(study.REPO / "experiments" / "quick.yaml", arms, {"v": []},
+                           [0, 1, 2], out=tmp_path / "grid", experiment="x",
+                           tracking_uri="none", extra=["rounds=2"], log=lines.append,
+                           metrics=["accuracy_mean"], seed_major=True)
+    assert not [ln for ln in lines if "] start" in ln] and again == results
+    run = results["v"]["full"][0]
+    assert len(run["metrics"]["accuracy_mean"]) == 2
+    assert run["final"]["num_clients"] == 20.0 and run["config"]["rounds"] == 2
+    assert 0 < run["final"]["ever_participated"] <= 20
 
 
 @pytest.mark.slow
