@@ -262,7 +262,7 @@ def test_cup_study_quick_end_to_end(tmp_path):
     for metric in cup_study.COLUMNS:
         assert (out / "figures" / f"cup_{metric}.png").stat().st_size > 1000
     assert (out / "figures" / "cup_main.png").is_file()
-    assert (out / "main" / "summary.md").is_file()                 # the sweep's own summary
+    assert (out / "main" / "seed0" / "summary.md").is_file()       # each seed's sweep summary
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("cup_study_quick")
