@@ -36,7 +36,7 @@ from fsjax import data as data_lib, partition
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["x_all", "y_all", "index", "offsets", "n", "test_index", "test_offsets",
-                 "n_test", "label_hist", "global_dist"],
+                 "n_test", "label_hist", "global_dist", "eval_set"],
     meta_fields=["width", "test_width", "population"])
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
@@ -51,6 +51,9 @@ class FederatedData:
 
     ``width``/``test_width`` are static (the largest client's training/test
     rows), so gathered shapes never change and the round compiles once.
+    ``eval_set`` is the global test set (:func:`global_test_set`) where the
+    round evaluates on it (``eval.client_accuracy`` labels/label_set): an
+    argument of the compiled round, not a constant folded into it.
     """
 
     x_all: jax.Array         # u8[N, H, W, ch]  the training set, shared by all clients
@@ -63,6 +66,7 @@ class FederatedData:
     n_test: jax.Array        # i32[C]
     label_hist: jax.Array    # f32[C, L] training label counts per client
     global_dist: jax.Array   # f32[L]    label distribution of all clients' training data
+    eval_set: Any = None     # (x[1, M], y[1, M], n[1]) the global test set, or None
     width: int = 1           # static: rows of a gathered training batch (max of n)
     test_width: int = 1      # static: rows of a gathered test batch (max of n_test)
     population: Any = None   # static: partition.SampledClients, or None

@@ -419,6 +419,7 @@ def validate(cfg: ExperimentConfig) -> None:
            p.max_test_per_client, ">= 0")
     _check_factory_params("model", models.REGISTRY, cfg.model.name, cfg.model.params,
                           skip=("parent", "name", "num_classes"))
+    models.build(cfg.model.name, d.num_classes, **cfg.model.params)   # names a bad model.<key>
     lc = cfg.local
     _check(lc.steps >= 1, "local.steps", lc.steps, ">= 1")
     _check(lc.batch_size >= 1, "local.batch_size", lc.batch_size, ">= 1")

@@ -373,10 +373,16 @@ def synthetic(num_classes: int = 10, n_train: int = 2000, n_test: int = 500,
     rng = np.random.default_rng(seed)
     means = rng.uniform(48, 208, size=(num_classes, *image_shape))
 
-    def draw(n):
+    def draw(n, block=4096):
+        # In blocks of rows: the same stream of normals as one draw, without
+        # float64 temporaries of the whole set (1.2 GB each for 50,000 CIFAR images).
         y = (np.arange(n) % num_classes).astype(np.int32)
-        x = means[y] + rng.normal(0.0, noise, size=(n, *image_shape))
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
+        x = np.empty((n, *image_shape), np.uint8)
+        for start in range(0, n, block):
+            rows = y[start:start + block]
+            z = means[rows] + rng.normal(0.0, noise, size=(len(rows), *image_shape))
+            x[start:start + block] = np.clip(np.rint(z), 0, 255)
+        return x, y
 
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)

@@ -176,6 +176,19 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
     if unknown:
         raise ValueError(f"model {name!r}: unknown option(s) {sorted(unknown)}; "
                          f"expected some of {sorted(fields - {'num_classes'})}")
+    for field, value in kwargs.items():
+        want = REGISTRY[name].__dataclass_fields__[field].type
+        if "Sequence[int]" in str(want):
+            ok = (isinstance(value, (list, tuple)) and len(value) > 0
+                  and all(isinstance(v, int) and v > 0 for v in value))
+            what = "a non-empty list of positive integers, e.g. [256]"
+        elif str(want) == "int" or want is int:
+            ok, what = isinstance(value, int) and not isinstance(value, bool) and value > 0, \
+                "a positive integer, e.g. 512"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"model.{field}={value!r} for model {name!r}: expected {what}")
     return REGISTRY[name](num_classes=num_classes, **kwargs)
 
 

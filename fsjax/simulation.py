@@ -201,6 +201,8 @@ class Simulation:
                                                   cfg.eval.chunk)
         self._round_jit = self._plan_jit = self._finish_jit = None
         self._test = clients.global_test_set(dataset, cfg.data.test_subset)
+        if cfg.eval.client_accuracy != "held_out":   # the round reads it: an argument
+            self.data = dataclasses.replace(self.data, eval_set=self._test)
         # eval.client_accuracy labels / label_set: one pass over the test set per round.
         self._count_classes = evaluation.make_class_counter(
             self.model.apply, dataset.num_classes, cfg.eval.chunk)
@@ -407,7 +409,7 @@ class Simulation:
         pass over the test set (:func:`fsjax.evaluation.from_class_counts`)."""
         C, e = self.num_clients, self.config.eval
         if e.client_accuracy != "held_out":   # REFERENCE B.1 step 7: per-class counts
-            counts = self._count_classes(params, *self._test)
+            counts = self._count_classes(params, *fd.eval_set)
             return evaluation.from_class_counts(counts, fd.label_hist, e.client_accuracy)
         nan = jnp.float32(jnp.nan)
         full = lambda: (self.evaluate(params, *fd.gather(jnp.arange(C), test=True)), nan)

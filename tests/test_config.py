@@ -35,6 +35,7 @@ def test_yaml_and_overrides_apply_and_the_dump_loads_back(tmp_path):
     ("availability.p_dropp=0.1", "availability.p_dropp"),
     ("model.name=cnn", None),
     ("model.widht=3", "model.widht"),
+    ("model.hidden=512", "model.hidden"),         # the MLP's hidden is a list of widths
     ("aggregation.name=qffl", None),
     ("aggregation.qq=1", "aggregation.qq"),
     ("partition.alpha=0", "partition.alpha"),
@@ -54,6 +55,11 @@ def test_bad_keys_and_values_name_the_key(override, key):
         return
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         config.load(None, overrides=(override,))
+
+
+def test_a_cnn_with_the_mlps_hidden_list_names_model_hidden():
+    with pytest.raises(ValueError, match=r"model\.hidden=\[256\] for model 'cnn'"):
+        config.load(None, overrides=("model.name=cnn", "model.hidden=[256]"))
 
 
 @pytest.mark.parametrize("bad", ["rounds", "=3", "a..b=1", "a b=1"])

@@ -148,3 +148,27 @@ def test_label_set_accuracy_comes_from_one_pass_over_the_test_set():
     want = [correct[np.isin(y[0], np.flatnonzero(h > 0))].mean() for h in hist]
     np.testing.assert_allclose(state.accuracy, want, rtol=1e-5)
     assert float(m["accuracy_global"]) == pytest.approx(correct.mean(), rel=1e-6)
+
+
+def test_the_global_test_set_is_an_argument_of_the_round_not_a_constant():
+    """Label modes read ``FederatedData.eval_set``: a new test set of the same shape changes
+    ``accuracy_global`` as it should and compiles nothing (a folded constant would ignore it)."""
+    import dataclasses
+
+    from tests.compile_count import count_compilations
+
+    cfg = _quick("partition.name=label_ring", "partition.split_test=0", "rounds=2",
+                 "eval.client_accuracy=labels", "data.test_subset=300")
+    sim = simulation.Simulation(cfg)
+    x, y, n = sim.data.eval_set
+    assert x.shape[1] == 300
+    state, _ = sim.step(sim.init())
+    after, m = sim.step(state)
+    pred = np.argmax(np.asarray(sim.model.apply(after.params, x[0])), -1)
+    flipped = (y + 1) % sim.num_classes     # every label changed
+    sim.data = dataclasses.replace(sim.data, eval_set=(x, flipped, n))
+    with count_compilations() as compiled:
+        _, m2 = sim.step(state)
+    assert compiled == []
+    assert float(m["accuracy_global"]) == pytest.approx(np.mean(pred == np.asarray(y[0])))
+    assert float(m2["accuracy_global"]) == pytest.approx(np.mean(pred == np.asarray(flipped[0])))

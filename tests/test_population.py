@@ -15,6 +15,17 @@ def _sim(*overrides):
     return simulation.Simulation(config.load(QUICK, overrides=overrides))
 
 
+def _three_rounds_compiling_once(sim):
+    """Runs three rounds; the second and third compile nothing. Returns (state, metrics)."""
+    state, m = sim.step(sim.init())
+    with count_compilations() as compiled:
+        for _ in range(2):
+            state, m = sim.step(state)
+        jax.block_until_ready(state)
+    assert compiled == [] and int(state.round) == 3
+    return state, m
+
+
 def test_sampled_evaluation_equals_full_when_every_client_is_drawn():
     """evaluate(all) == merge(evaluate(ids)) when ids cover all C clients (any order, repeats)."""
     sim = _sim()
@@ -68,12 +79,7 @@ def test_sample_population_of_100k_clients_runs_end_to_end():
     assert fd.index.shape == (0,) and fd.n.shape == (100_000,)   # O(C) integers per client
     assert fd.width == 16 and fd.test_width == 4
     assert float(fd.label_hist.sum()) == 100_000 * 16
-    state, m = sim.step(sim.init())
-    with count_compilations() as compiled:
-        for _ in range(2):
-            state, m = sim.step(state)
-        jax.block_until_ready(state)
-    assert compiled == [] and int(state.round) == 3
+    state, m = _three_rounds_compiling_once(sim)
     assert float(m["selected"]) == 10 and np.isfinite(float(m["train_loss"]))
     # The same client gets the same rows in every round (and in a new simulation).
     x1 = sim.data.gather(jnp.array([12345]))[0]
@@ -108,12 +114,7 @@ def test_cup_systematic_population_round_and_bench_parts():
     cfg = config.load(None, overrides=tuple(sets))
     assert cfg.selection.name == "cup" and cfg.selection.params["sampler"] == "systematic"
     sim = simulation.Simulation(cfg)
-    state, m = sim.step(sim.init())
-    with count_compilations() as compiled:
-        for _ in range(2):
-            state, m = sim.step(state)
-        jax.block_until_ready(state)
-    assert compiled == [] and int(state.round) == 3
+    state, m = _three_rounds_compiling_once(sim)
     assert float(m["selected"]) == min(7, float(m["available"]))
     assert 0.0 <= float(m["participation_gini"]) <= 1.0
     parts = bp.measure_parts(sim, state, repeats=1)
