@@ -29,7 +29,7 @@ generated images, a few minutes on a 2-core CPU.
 Usage::
 
     python -m bench.population --quick     # minutes
-    python -m bench.population             # the workloads (meant for a GPU)
+    python -m bench.population             # the workloads (~12 min on a 2-core CPU)
     python -m bench.population --workloads mlp --populations 1000000   # one point
 
 Writes ``population.csv`` and ``population.png`` under ``--out`` (default
