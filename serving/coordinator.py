@@ -103,6 +103,7 @@ class Coordinator:
         self.done = False
         self.error: str | None = None
         self.stopping = False
+        self._closed = False   # shutdown() ran: no more pushes
         self._waited = False
         # Pushes give up after a second: an unreachable client fails its slot at once.
         self._http = web.session(give_up_after=1.0, backoff=0.05, ca_bundle=ca_bundle)
@@ -365,7 +366,12 @@ class Coordinator:
         for cid, k in selected.items():
             job = {"round": round_, "client_id": cid, "steps": int(steps[k]),
                    "key": [int(v) for v in np.asarray(keys[k]).reshape(-1)]}
-            self._pool.submit(self._push, cid, job)
+            try:
+                self._pool.submit(self._push, cid, job)
+            except RuntimeError:   # shutdown() closed the pool: the server is stopping
+                if not (self.stopping or self._closed):
+                    raise
+                raise ServerStopped("server stopped") from None
         deadline = t0 + self.round_timeout
         with self.cond:
             cur = self.current
@@ -399,6 +405,7 @@ class Coordinator:
 
     def shutdown(self) -> None:
         """Stops the push threads (pending pushes are dropped)."""
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def callback(self) -> callbacks.Callback:

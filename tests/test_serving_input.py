@@ -583,3 +583,21 @@ def test_networked_commands_without_the_serve_extra(command, monkeypatch, capsys
                     else [command, QUICK]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"fsjax: error: fsjax {command} needs the 'serve' extra: pip install 'fsjax[serve]'"]
+
+
+def test_a_round_after_shutdown_stops_the_run_instead_of_a_pool_error(cfg):
+    """shutdown() closes the push pool; a round thread still submitting gets ServerStopped
+    (the run ends as stopped) instead of the pool's RuntimeError and a traceback."""
+    from fsjax.serving.coordinator import ServerStopped
+
+    coord = server.Coordinator(cfg, token=TOKEN)
+    http = server.create_app(cfg, coord).test_client()
+    for cid in range(C):
+        r = http.post("/register", json=_registration(coord, cid), headers=AUTH)
+        assert r.status_code == 200, r.json
+    sim = coord.sim
+    state = sim.init()
+    _, plan, _ = jax.jit(sim.plan_round)(state, sim.data)
+    coord.shutdown()
+    with pytest.raises(ServerStopped):
+        coord.train_round(state, plan)
