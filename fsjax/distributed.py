@@ -200,7 +200,9 @@ class DistributedSimulation(simulation.Simulation):
         super().__init__(cfg, dataset, mesh=mesh)
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.data = replicate(self.data, mesh)
-        self._test = replicate(self._test, mesh)
+        # One replicated copy of the global test set (label modes carry it in data).
+        self._test = (self.data.eval_set if self.data.eval_set is not None
+                      else replicate(self._test, mesh))
         self._dist_round = None
 
     def init(self) -> simulation.RoundState:

@@ -180,7 +180,8 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
         want = REGISTRY[name].__dataclass_fields__[field].type
         if "Sequence[int]" in str(want):
             ok = (isinstance(value, (list, tuple)) and len(value) > 0
-                  and all(isinstance(v, int) and v > 0 for v in value))
+                  and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                          for v in value))
             what = "a non-empty list of positive integers, e.g. [256]"
         elif str(want) == "int" or want is int:
             ok, what = isinstance(value, int) and not isinstance(value, bool) and value > 0, \
